@@ -21,11 +21,17 @@ from twisted.internet.error import (
     ConnectionRefusedError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txharp.errors import (
     CommunicationError,
@@ -159,12 +165,16 @@ def explain_connection_failure(reason: Failure, peer: str) -> Failure:
     return Failure(CommunicationError(f"connection to {peer} failed: {reason.getErrorMessage()}"))
 
 
+@implementer(IHandshakeListener)
 class ClientConversation(JSONLinesProtocol, Generic[T]):
     """Send one request, read typed replies until the reader is finished.
 
     ``idle_timeout`` bounds the silence between two lines (None waits for
     ever, as a caller following a long job wants); it is suspended while
-    the listener has paused reading for flow control.
+    the listener has paused reading for flow control.  Over TLS, pass
+    ``handshake_timeout``: it bounds the time from the TCP connection to
+    ``handshakeCompleted`` (a silent peer otherwise holds the call for
+    ever when ``idle_timeout`` is None); the idle clock starts after it.
     """
 
     def __init__(
@@ -178,6 +188,7 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
         idle_timeout: Optional[float] = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         explain: Callable[[Failure, str], Failure] = explain_connection_failure,
+        handshake_timeout: Optional[float] = None,
     ) -> None:
         super().__init__(max_line_length)
         self._request = encode_line(_wire_value(request))
@@ -187,14 +198,24 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
         self._peer = peer
         self._idle_timeout = idle_timeout
         self._explain = explain
+        self._handshake_timeout = handshake_timeout
+        self._handshaking = False
         self._timer: Optional[IDelayedCall] = None
         self._ended = False
+        self._lost: Optional[Failure] = None  # connection gone while reading was paused
 
     # -- connection events
 
     def connectionMade(self) -> None:
         self.transport.write(self._request)
+        self._handshaking = self._handshake_timeout is not None
         self._arm_timer()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: from now on the idle timeout applies."""
+        if self._handshaking:
+            self._handshaking = False
+            self._arm_timer()
 
     def messageReceived(self, value: Any) -> None:
         if self._ended:
@@ -215,7 +236,14 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._cancel_timer()
-        if not self._ended:
+        if self._ended:
+            return
+        if self.paused:
+            # Lines already received may wait in the buffer for a slow
+            # consumer (over TLS the peer's close arrives with them): the
+            # end is reported once resumeReading has delivered them.
+            self._lost = reason
+        else:
             self._end(self._explain(reason, self._peer))
 
     # -- control from the API side
@@ -232,15 +260,18 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
     def resumeReading(self) -> None:
         if self._ended:
             return
-        self._arm_timer()
+        if self._lost is None:
+            self._arm_timer()
         self.resumeProducing()
+        if self._lost is not None and not self.paused and not self._ended:
+            self._end(self._explain(self._lost, self._peer))
 
     # -- internals
 
     def _abort(self, reason: Failure) -> None:
         if not self._ended:
             self._end(reason)
-        if self.transport is not None:
+        if self.transport is not None and self._lost is None:
             self.transport.abortConnection()
 
     def _end(self, reason: Optional[Failure]) -> None:
@@ -250,8 +281,9 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
 
     def _arm_timer(self) -> None:
         self._cancel_timer()
-        if self._idle_timeout is not None and not self._ended:
-            self._timer = self._clock.callLater(self._idle_timeout, self._timed_out)
+        delay = self._handshake_timeout if self._handshaking else self._idle_timeout
+        if delay is not None and not self._ended:
+            self._timer = self._clock.callLater(delay, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -260,9 +292,11 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._abort(
-            Failure(HarpTimeout(f"no reply from {self._peer} within {self._idle_timeout:g} s"))
-        )
+        if self._handshaking:
+            message = f"TLS handshake with {self._peer} not done within {self._handshake_timeout:g} s"
+        else:
+            message = f"no reply from {self._peer} within {self._idle_timeout:g} s"
+        self._abort(Failure(HarpTimeout(message)))
 
 
 class Exchange(Generic[T]):
@@ -286,6 +320,7 @@ class Exchange(Generic[T]):
         idle_timeout: Optional[float] = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         explain: Callable[[Failure, str], Failure] = explain_connection_failure,
+        handshake_timeout: Optional[float] = None,
     ) -> None:
         self._listener = listener
         self._peer = peer
@@ -299,6 +334,7 @@ class Exchange(Generic[T]):
             idle_timeout=idle_timeout,
             max_line_length=max_line_length,
             explain=explain,
+            handshake_timeout=handshake_timeout,
         )
         self._connected = False
         self._cancelled_by_us = False
