@@ -62,7 +62,7 @@ class HarpTimeout(CommunicationError):
 
 
 class EncodingError(HarpException, ValueError):
-    """A value cannot travel as JSON (NaN, infinity, a set, a non-string key).
+    """A value cannot travel as JSON (NaN, infinity, a set, an arbitrary object).
 
     Raised before anything is sent, so the peer never sees a broken line.
     """
