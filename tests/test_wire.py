@@ -386,7 +386,7 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual(decode_line(line.rstrip()), ["\ud83d"])
 
     def test_decode_rejects(self) -> None:
-        for line in (b"NaN", b"[Infinity]", b"\xff\xfe", b"{", b"", b"[1] [2]", b"[" * 100000):
+        for line in (b"NaN", b"[Infinity]", b"[1e400]", b"[-1.5e999]", b"\xff\xfe", b"{", b"", b"[1] [2]", b"[" * 100000):
             with self.assertRaises(MalformedMessage, msg=line[:20]) as cm:
                 decode_line(line)
             self.assertEqual(cm.exception.error_type, "parse_error")

@@ -7,6 +7,7 @@ caller ever sees a bare ``ValueError`` or ``RecursionError``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from txharp.errors import EncodingError, MalformedMessage
@@ -24,7 +25,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        # 1e400 would become infinity, which no JSON encoder can write back.
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 
 
 def encode_line(value: Any) -> bytes:

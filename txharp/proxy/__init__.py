@@ -1,0 +1,1 @@
+"""The relaying dispatcher behind ``twistd harp-proxy``: job store, hosts registry, relay."""
