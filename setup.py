@@ -11,6 +11,6 @@ setup(
     + ["twisted.plugins"],
     package_data={
         "txharp": ["py.typed"],
-        "twisted.plugins": ["txharp_plugins.py"],
+        "twisted.plugins": ["txharp_*.py"],
     },
 )
