@@ -338,7 +338,9 @@ class Exchange(Generic[T]):
         )
         self._connected = False
         self._cancelled_by_us = False
-        self._connecting: Deferred[Any] = endpoint.connect(Factory.forProtocol(lambda: self._protocol))
+        factory = Factory.forProtocol(lambda: self._protocol)
+        factory.noisy = False  # one connection per request: start/stop lines would flood the log
+        self._connecting: Deferred[Any] = endpoint.connect(factory)
         if connect_timeout is not None:
             self._connecting.addTimeout(connect_timeout, clock, onTimeoutCancel=self._connect_timed_out)
         self._connecting.addCallbacks(self._on_connected, self._on_connect_failed)

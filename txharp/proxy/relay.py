@@ -1,0 +1,257 @@
+"""One job's conversation with its harpd: connect over TLS, send the call, report back.
+
+:class:`HarpdRelay` looks the job's host up in the registry, opens an
+:class:`~txharp.lines.Exchange` to the daemon (TLS per the proxy's
+:class:`~txharp.tls.ClientTLSPolicy`), sends the compact
+:class:`~txharp.wire.DaemonRequest`, and turns what comes back into job
+events: each ``{"stream": X}`` becomes :meth:`Job.stream`, the final line
+or any failure becomes :meth:`Job.finish`.  The job's ``timeout`` bounds the
+connection attempt, the wait for the acknowledgement and every gap between
+later lines; ``max_exec_time`` is the job's own timer.
+
+Errors a job ends with because of the relay
+-------------------------------------------
+Every failure is an ``{"error": {"type", "message", "data"}}`` outcome with
+a fixed message (the original dispatcher's where it had one) and the
+details in ``data``:
+
+=================  =================================  =============================================
+type               message                            when (``data``)
+=================  =================================  =============================================
+unknown_host       host unknown                       the host is not in the registry
+                                                      (``host``)
+bad_address        invalid host address or port       the registry entry cannot be dialled
+                   number                             (``host``, ``reason``)
+econnrefused       connection refused                 nothing listens on the daemon's port
+                                                      (``address``)
+network_error      connection failed                  DNS failure, unreachable network, reset
+                                                      during connect (``address``, ``reason``)
+network_error      connection closed                  the daemon closed before its final line
+                                                      (``address``, ``reason``)
+tls_error          TLS handshake failed               certificate rejected (not CA-valid nor
+                                                      pinned, wrong name, expired) or no common
+                                                      TLS version (``address``, ``reason``)
+bad_protocol       Harp protocol error                the daemon sent a line that is not JSON,
+                                                      not a valid message, or out of order
+                                                      (``address``, ``reason``)
+timeout            request timed out                  no connection or no acknowledgement within
+                                                      the job's ``timeout`` (``timeout``)
+timeout            reading result timed out           after the acknowledgement, a gap between
+                                                      lines exceeded ``timeout`` (``timeout``)
+*daemon's type*    *daemon's message*                 harpd answered ``{"harp": 1, "error": ...}``
+                                                      (``auth_error``, ``no_such_procedure``,
+                                                      ``invalid_request``, ``timeout``,
+                                                      ``shutdown``...): relayed unchanged with
+                                                      its own ``data``
+=================  =================================  =============================================
+
+A procedure's exception is relayed unchanged as an ``exception`` outcome.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import (
+    ConnectionClosed,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txharp.errors import CommunicationError, HarpTimeout
+from txharp.lines import Exchange
+from txharp.proxy.hosts import HostEntry
+from txharp.proxy.jobs import Job, RunningCall
+from txharp.tls import ClientTLSPolicy, tls_failure
+from txharp.wire.daemon import Acknowledgement, DaemonReply, DaemonReplyReader, DaemonRequest, StreamItem
+from txharp.wire.outcomes import ErrorReply
+
+__all__ = ["HostLookup", "HarpdRelay", "unknown_host"]
+
+log = Logger(namespace="txharp.proxy.relay")
+
+
+class HostLookup(TypingProtocol):
+    """The hosts registry as the relay uses it (:class:`~txharp.proxy.hosts.HostRegistry`)."""
+
+    def lookup(self, hostname: str) -> Optional[HostEntry]: ...
+
+
+def unknown_host(name: str) -> ErrorReply:
+    """The outcome of a call to a host the registry does not know."""
+    return ErrorReply("unknown_host", "host unknown", {"host": name})
+
+
+class _Failed(CommunicationError):
+    """A relay failure already translated into the job's error outcome."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.message)
+        self.reply = reply
+
+
+class _NothingRunning:
+    """The call never got a connection: nothing to stop or pause."""
+
+    def stop(self) -> None:
+        pass
+
+    def pauseReading(self) -> None:
+        pass
+
+    def resumeReading(self) -> None:
+        pass
+
+
+class _Call:
+    """One job's exchange with its daemon: the listener and the handle to stop it."""
+
+    def __init__(self, job: Job, address: str, hostname: str) -> None:
+        self._job = job
+        self._address = address
+        self._hostname = hostname
+        self._acknowledged = False
+        self._over = False
+        self.exchange: Optional[Exchange[DaemonReply]] = None
+
+    # ---------------------------------------------------- RunningCall
+
+    def stop(self) -> None:
+        if not self._over:
+            self._over = True
+            assert self.exchange is not None
+            self.exchange.cancel()
+
+    def pauseReading(self) -> None:
+        if not self._over and self.exchange is not None:
+            self.exchange.protocol.pauseReading()
+
+    def resumeReading(self) -> None:
+        if not self._over and self.exchange is not None:
+            self.exchange.protocol.resumeReading()
+
+    # -------------------------------------------------- ReplyListener
+
+    def replyReceived(self, reply: DaemonReply) -> None:
+        if isinstance(reply, Acknowledgement):
+            self._acknowledged = True
+        elif isinstance(reply, StreamItem):
+            self._job.stream(reply.data)
+        else:
+            self._over = True
+            self._job.finish(reply)
+
+    def conversationEnded(self, reason: Optional[Failure]) -> None:
+        self._over = True
+        if reason is None or reason.check(CancelledError):
+            return  # the final line was reported, or the job stopped us
+        self._job.finish(self._error(reason))
+
+    # -------------------------------------------------------- errors
+
+    def explain(self, reason: Failure, peer: str) -> Failure:
+        """Turn a connection-level failure into :class:`_Failed` (Exchange's hook)."""
+        if reason.check(CancelledError, HarpTimeout, _Failed):
+            return reason
+        return Failure(_Failed(self._connection_error(reason)))
+
+    def _connection_error(self, reason: Failure) -> ErrorReply:
+        where = {"address": self._address}
+        tls = tls_failure(reason, self._hostname)
+        if tls is not None:
+            return ErrorReply("tls_error", "TLS handshake failed", {**where, "reason": str(tls)})
+        if reason.check(ConnectionRefusedError):
+            return ErrorReply("econnrefused", "connection refused", where)
+        details = {**where, "reason": reason.getErrorMessage()}
+        if reason.check(ConnectionClosed):
+            return ErrorReply("network_error", "connection closed", details)
+        if reason.check(DNSLookupError):
+            details["reason"] = f"address lookup failed: {reason.getErrorMessage()}"
+        return ErrorReply("network_error", "connection failed", details)
+
+    def _error(self, reason: Failure) -> ErrorReply:
+        error = reason.value
+        if isinstance(error, _Failed):
+            return error.reply
+        if isinstance(error, HarpTimeout):
+            message = "reading result timed out" if self._acknowledged else "request timed out"
+            return ErrorReply("timeout", message, {"timeout": self._job.timeout})
+        if isinstance(error, CommunicationError):
+            # ClientConversation reports a bad line from the daemon this way.
+            return ErrorReply("bad_protocol", "Harp protocol error",
+                              {"address": self._address, "reason": str(error)})
+        log.failure("job {job_id}: unexpected relay failure", reason, job_id=self._job.job_id)
+        return ErrorReply("network_error", "connection failed",
+                          {"address": self._address, "reason": reason.getErrorMessage()})
+
+
+Dialer = Callable[[HostEntry], IStreamClientEndpoint]
+
+
+class HarpdRelay:
+    """Relays jobs to harpd daemons over TLS.
+
+    :param hosts: the hosts registry (name → address, port, credentials)
+    :param tls: how daemons' certificates are verified
+    :param reactor: provides TCP connections and time
+    :param dial: builds the endpoint for a host (tests replace it); the
+        default is TLS over :class:`HostnameEndpoint` to ``address:port``,
+        verifying the certificate against ``address``, the name (or IP
+        address) actually dialled, since the registry's ``hostname`` is only
+        the name clients use
+    """
+
+    def __init__(
+        self,
+        hosts: HostLookup,
+        tls: ClientTLSPolicy,
+        reactor: Any,
+        *,
+        dial: Optional[Dialer] = None,
+    ) -> None:
+        self._hosts = hosts
+        self._tls = tls
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self._dial = dial or self._tls_endpoint
+
+    def _tls_endpoint(self, entry: HostEntry) -> IStreamClientEndpoint:
+        if not 0 < entry.port < 65536:
+            raise ValueError(f"port {entry.port} out of range")
+        return wrapClientTLS(
+            self._tls.creator_for(entry.address),
+            HostnameEndpoint(self._reactor, entry.address, entry.port),
+        )
+
+    def run(self, job: Job) -> RunningCall:
+        """Start relaying ``job``; its end reaches :meth:`Job.finish`."""
+        name = job.call.host
+        entry = self._hosts.lookup(name)
+        if entry is None:
+            job.finish(unknown_host(name))
+            return _NothingRunning()
+        address = f"{entry.address}:{entry.port}"
+        try:
+            endpoint = self._dial(entry)
+        except ValueError as e:
+            job.finish(ErrorReply("bad_address", "invalid host address or port number",
+                                  {"host": name, "reason": str(e)}))
+            return _NothingRunning()
+        call = _Call(job, address, entry.address)
+        call.exchange = Exchange(
+            endpoint,
+            DaemonRequest(job.call.procedure, job.call.arguments, entry.user, entry.password),
+            DaemonReplyReader(),
+            call,
+            clock=self._clock,
+            peer=f"{name} ({address})",
+            connect_timeout=job.timeout,
+            idle_timeout=job.timeout,
+            explain=call.explain,
+        )
+        return call
