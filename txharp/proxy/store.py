@@ -260,6 +260,29 @@ def _load(text: str) -> Any:
         raise StoreError(f"stored JSON is damaged: {e}") from None
 
 
+def _text(value: str) -> Any:
+    """``value`` as SQLite can bind it.
+
+    JSON strings may hold lone surrogates (``"\\ud800"``), which UTF-8, and
+    so SQLite's TEXT, cannot carry.  Such a string is bound as a BLOB of its
+    ``surrogatepass`` encoding instead: it round-trips through
+    :func:`_untext`, and a BLOB never equals a TEXT value, so it cannot be
+    mistaken for any other ID or name.
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def _untext(value: Any) -> Any:
+    """The string :func:`_text` stored."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
 def _store_error(what: str, error: BaseException) -> StoreError:
     """Wrap a sqlite3 or OS error, naming the operation and SQLite's error code."""
     code = getattr(error, "sqlite_errorname", None) or type(error).__name__
@@ -324,9 +347,9 @@ def _record(row: Sequence[Any]) -> JobRecord:
         except MalformedMessage as e:
             raise StoreError(f"stored outcome of job {job_id!r} is damaged: {e}") from None
     return JobRecord(
-        job_id=job_id,
-        host=host,
-        procedure=procedure,
+        job_id=_untext(job_id),
+        host=_untext(host),
+        procedure=_untext(procedure),
         arguments=_load(arguments),
         submit=submit,
         info=_load(info),
@@ -560,7 +583,7 @@ class _Database:
             "SELECT packet_count, end_time FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
         if row is None:
-            raise UnknownJob(job_id)
+            raise UnknownJob(_untext(job_id))
         return row
 
     def end_job(self, job_id: str, kind: str, outcome: str, end_time: int) -> bool:
@@ -612,7 +635,7 @@ class _Database:
     def recover_interrupted(self, now: int, kind: str, outcome: str) -> List[str]:
         connection = self._connection()
         ids = [
-            job_id
+            _untext(job_id)
             for (job_id,) in connection.execute("SELECT id FROM jobs WHERE end_time IS NULL")
         ]
         connection.execute(
@@ -790,9 +813,9 @@ class SQLiteJobStore:
             return fail(StoreError("create_job takes a job that has neither ended nor streamed"))
         try:
             row = (
-                record.job_id,
-                record.host,
-                record.procedure,
+                _text(record.job_id),
+                _text(record.host),
+                _text(record.procedure),
                 _dump(record.arguments),
                 _dump(record.info),
                 None if record.queue is None else _dump(record.queue),
@@ -804,14 +827,14 @@ class SQLiteJobStore:
         return self._submit(self._db.create_job, row, writes=True)
 
     def mark_started(self, job_id: str, start: int) -> "Deferred[None]":
-        return self._submit(self._db.mark_started, job_id, start, writes=True)
+        return self._submit(self._db.mark_started, _text(job_id), start, writes=True)
 
     def append_packet(self, job_id: str, number: int, data: Any) -> "Deferred[None]":
         try:
             text = _dump(data)
         except EncodingError as e:
             return fail(e)
-        return self._submit(self._db.append_packet, job_id, number, text, writes=True)
+        return self._submit(self._db.append_packet, _text(job_id), number, text, writes=True)
 
     def end_job(self, job_id: str, outcome: Outcome, end_time: int) -> "Deferred[bool]":
         try:
@@ -819,20 +842,20 @@ class SQLiteJobStore:
         except EncodingError as e:
             return fail(e)
         kind = _OUTCOME_KINDS[type(outcome)]
-        return self._submit(self._db.end_job, job_id, kind, text, end_time, writes=True)
+        return self._submit(self._db.end_job, _text(job_id), kind, text, end_time, writes=True)
 
     def get_job(self, job_id: str) -> "Deferred[Optional[JobRecord]]":
-        return self._submit(self._db.get_job, job_id, writes=False)
+        return self._submit(self._db.get_job, _text(job_id), writes=False)
 
     def read_packets(
         self, job_id: str, since: int = 0, limit: Optional[int] = None
     ) -> "Deferred[List[Tuple[int, Any]]]":
         return self._submit(
-            self._db.read_packets, job_id, since, -1 if limit is None else limit, writes=False
+            self._db.read_packets, _text(job_id), since, -1 if limit is None else limit, writes=False
         )
 
     def packet_count(self, job_id: str) -> "Deferred[int]":
-        return self._submit(self._db.packet_count, job_id, writes=False)
+        return self._submit(self._db.packet_count, _text(job_id), writes=False)
 
     def list_jobs(
         self, states: Optional[Collection[JobState]] = None, limit: Optional[int] = None

@@ -126,5 +126,9 @@ def parse_failure_fields(value: Any, what: str) -> Dict[str, Any]:
         raise MalformedMessage(f"{what}.type must be a string")
     message = body.get("message", "")
     if not isinstance(message, str):
-        message = str(message)
+        try:
+            message = str(message)
+        except RecursionError:
+            # A value the decoder just managed to nest can be too deep for repr().
+            raise MalformedMessage(f"{what}.message nested too deeply") from None
     return {"type": kind, "message": message, "data": body.get("data")}
