@@ -26,21 +26,21 @@ count, the committed outcome, a bounded cache of the most recent packets
 
 Error outcomes produced here
 ----------------------------
-============  ==========================================  ===============================
-type          message                                     when
-============  ==========================================  ===============================
-timeout       maximum execution time exceeded             the run exceeded max_exec_time
-                                                          (``data.max_exec_time``: seconds)
-shutdown      dispatcher shut down                        harp-proxy stopped cleanly while
-                                                          the job was queued or running
-os_error      job store failed                            a job store write failed
-                                                          (``data.reason``)
-system_error  internal error                              a bug in harp-proxy's relay
-                                                          (``data.reason``; logged)
-missing_result job interrupted abruptly                   harp-proxy died while the job ran
-                                                          (set at the next start)
-invalid_jobid no job with this ID                         unknown job ID (request error)
-============  ==========================================  ===============================
+==============  ==========================================  ===============================
+type            message                                     when
+==============  ==========================================  ===============================
+timeout         maximum execution time exceeded             the run exceeded max_exec_time
+                                                            (``data.max_exec_time``: seconds)
+shutdown        dispatcher shut down                        harp-proxy stopped cleanly while
+                                                            the job was queued or running
+os_error        job store failed                            a job store write failed
+                                                            (``data.reason``)
+system_error    internal error                              a bug in harp-proxy's relay
+                                                            (``data.reason``; logged)
+missing_result  job interrupted abruptly                    harp-proxy died while the job ran
+                                                            (set at the next start)
+invalid_jobid   no job with this ID                         unknown job ID (request error)
+==============  ==========================================  ===============================
 
 The relay's own errors are listed in :mod:`txharp.proxy.relay`.
 """
@@ -60,8 +60,8 @@ from twisted.python.failure import Failure
 
 from txharp.proxy.queues import QueueRegistry
 from txharp.proxy.store import INTERRUPTED, JobRecord, JobStore
-from txharp.wire.codec import encode_line
-from txharp.wire.dispatcher import CallAccepted, CallRequest, Packet, StatusReply
+from txharp.wire.codec import RawJSON, encode_json
+from txharp.wire.dispatcher import CallAccepted, CallRequest, StatusReply
 from txharp.wire.outcomes import (
     CancelledReply,
     ErrorReply,
@@ -104,8 +104,13 @@ PENDING_HIGH, PENDING_LOW = 1024, 256
 
 
 def packet_line(number: int, data: Any) -> bytes:
-    """The wire line of stream packet ``number``; the one place it is built."""
-    return encode_line(Packet(number, data).to_json())
+    """The wire line of stream packet ``number``; the one place it is built.
+
+    The same bytes as ``encode_line(Packet(number, data).to_json())``, with
+    ``data`` encoded on its own (or given already encoded, as
+    :class:`~txharp.wire.codec.RawJSON`) and no dictionary in between.
+    """
+    return b'{"packet":%d,"data":%s}\n' % (number, encode_json(data))
 
 
 def loggable(text: str) -> str:
@@ -346,8 +351,9 @@ class Job:
             return
         number = self._numbered
         self._numbered += 1
-        line = packet_line(number, data)
-        write = self._manager.store.append_packet(self.job_id, number, data)
+        encoded = RawJSON(encode_json(data))  # once, for the line and for the store
+        line = packet_line(number, encoded)
+        write = self._manager.store.append_packet(self.job_id, number, encoded)
         self._pipeline.add(write, lambda failure: self._packet_written(failure, number, line))
         if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
             self._reading_paused = True

@@ -5,20 +5,20 @@ original dispatcher's ``harpcaller.toml``), then from the defaults; the
 command line wins.  Keys read from the TOML file, where they mean something
 here (others are ignored):
 
-===================  ==========================================================
-key                  meaning
-===================  ==========================================================
-``listen``           list of ``"ADDRESS:PORT"`` (``*`` = every interface;
-                     ``[::1]:3502`` for IPv6), or Twisted endpoint strings
-``ca_file``          ``--ca-file``
-``known_certs_file`` ``--known-certs``
-``stream_directory`` ``--data-dir``
-``default_timeout``  ``--default-timeout`` (seconds)
-``max_exec_time``    ``--max-exec-time`` (seconds)
-``max_age``          ``--max-age`` (hours)
-``host_db_script``   ``--hosts-script``
-``host_db_refresh``  ``--hosts-refresh`` (seconds)
-===================  ==========================================================
+====================  ==========================================================
+key                   meaning
+====================  ==========================================================
+``listen``            list of ``"ADDRESS:PORT"`` (``*`` = every interface;
+                      ``[::1]:3502`` for IPv6), or Twisted endpoint strings
+``ca_file``           ``--ca-file``
+``known_certs_file``  ``--known-certs``
+``stream_directory``  ``--data-dir``
+``default_timeout``   ``--default-timeout`` (seconds)
+``max_exec_time``     ``--max-exec-time`` (seconds)
+``max_age``           ``--max-age`` (hours)
+``host_db_script``    ``--hosts-script``
+``host_db_refresh``   ``--hosts-refresh`` (seconds)
+====================  ==========================================================
 
 Reading TOML needs Python 3.11's ``tomllib`` or, on 3.9/3.10, ``tomli``.
 """
