@@ -60,8 +60,8 @@ from twisted.python.failure import Failure
 
 from txharp.proxy.queues import QueueRegistry
 from txharp.proxy.store import INTERRUPTED, JobRecord, JobStore
-from txharp.wire.codec import RawJSON, encode_json
-from txharp.wire.dispatcher import CallAccepted, CallRequest, StatusReply
+from txharp.wire.codec import encode_line
+from txharp.wire.dispatcher import CallAccepted, CallRequest, Packet, StatusReply
 from txharp.wire.outcomes import (
     CancelledReply,
     ErrorReply,
@@ -104,13 +104,8 @@ PENDING_HIGH, PENDING_LOW = 1024, 256
 
 
 def packet_line(number: int, data: Any) -> bytes:
-    """The wire line of stream packet ``number``; the one place it is built.
-
-    The same bytes as ``encode_line(Packet(number, data).to_json())``, with
-    ``data`` encoded on its own (or given already encoded, as
-    :class:`~txharp.wire.codec.RawJSON`) and no dictionary in between.
-    """
-    return b'{"packet":%d,"data":%s}\n' % (number, encode_json(data))
+    """The wire line of stream packet ``number``; the one place it is built."""
+    return encode_line(Packet(number, data).to_json())
 
 
 def loggable(text: str) -> str:
@@ -351,9 +346,8 @@ class Job:
             return
         number = self._numbered
         self._numbered += 1
-        encoded = RawJSON(encode_json(data))  # once, for the line and for the store
-        line = packet_line(number, encoded)
-        write = self._manager.store.append_packet(self.job_id, number, encoded)
+        line = packet_line(number, data)
+        write = self._manager.store.append_packet(self.job_id, number, data)
         self._pipeline.add(write, lambda failure: self._packet_written(failure, number, line))
         if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
             self._reading_paused = True
