@@ -125,10 +125,13 @@ class InlineUsersTests(TestCase):
 class AuthenticatorTests(TestCase):
     @inlineCallbacks
     def test_checks_run_in_a_thread(self) -> None:
+        """Hashing is slow: hash checks (and unknown users) never block the reactor."""
         import threading
 
+        from passlib.hash import sha256_crypt
+
         threads = []
-        db = InlineUsers({"alice": "plain:s3cret"})
+        db = InlineUsers({"alice": "crypt:" + sha256_crypt.using(rounds=1000).hash("s3cret")})
         check = db.check
 
         def recording_check(user: str, password: str) -> bool:
@@ -141,3 +144,9 @@ class AuthenticatorTests(TestCase):
         self.assertFalse((yield auth.authenticate("alice", "nope")))
         self.assertFalse((yield auth.authenticate("mallory", "s3cret")))
         self.assertNotIn(threading.main_thread(), threads)
+
+    def test_plain_passwords_answer_at_once(self) -> None:
+        """A constant-time comparison needs no trip to the thread pool."""
+        auth = Authenticator(InlineUsers({"alice": "plain:s3cret"}), reactor)
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "s3cret")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", "nope")))

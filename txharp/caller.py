@@ -113,6 +113,13 @@ def _as_result(end: Union[StreamEnd, NoResultReply]) -> Any:
     return CALL_NOT_FINISHED
 
 
+def _loggable(text: str) -> str:
+    """Text from the dispatcher (a job ID, an error message) made safe for any
+    text log: JSON strings may hold lone surrogates, which UTF-8 cannot carry,
+    and a log file that cannot write an event drops it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _raise_unless_value(result: Any) -> Any:
     """What ``get()`` adds to ``result()``: failures and cancellation raise."""
     if isinstance(result, (RemoteException, RemoteError)):
@@ -478,8 +485,8 @@ class HarpCaller:
         _log.debug(
             "{request} to {peer} failed: {error}",
             request=type(request).__name__,
-            peer=self._peer,
-            error=reason.getErrorMessage(),
+            peer=_loggable(self._peer),
+            error=_loggable(reason.getErrorMessage()),
         )
         return reason
 
@@ -591,9 +598,9 @@ class RemoteProcedure:
         job_id = _unless_error(reply).job_id
         _log.debug(
             "submitted {procedure} on {host} as job {job_id}",
-            procedure=self._name,
-            host=self._server._name,
-            job_id=job_id,
+            procedure=_loggable(self._name),
+            host=_loggable(self._server._name),
+            job_id=_loggable(job_id),
         )
         return RemoteCall(caller, job_id)
 

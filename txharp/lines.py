@@ -56,6 +56,25 @@ T = TypeVar("T")
 _log = Logger()
 
 
+def set_no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on the TCP connection under ``transport``.
+
+    One-request conversations write small messages that must go at once:
+    with Nagle on, a small write that follows another before the peer has
+    acknowledged it waits for that acknowledgement, which the peer's
+    delayed-ACK timer can hold for 40 ms.  Looks through wrappers (TLS)
+    for the TCP transport; does nothing where there is none.
+    """
+    for _ in range(4):
+        if transport is None:
+            return
+        set_it = getattr(transport, "setTcpNoDelay", None)
+        if set_it is not None:
+            set_it(True)
+            return
+        transport = getattr(transport, "transport", None)
+
+
 def _wire_value(message: Any) -> Any:
     to_json = getattr(message, "to_json", None)
     return to_json() if to_json is not None else message
@@ -70,10 +89,64 @@ class JSONLinesProtocol(LineReceiver):
     """
 
     delimiter = b"\n"
+    #: Where the unread data starts in ``_buffer`` (see :meth:`dataReceived`).
+    _start = 0
 
     def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         self.MAX_LENGTH = max_line_length
         self._refusing = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split ``data`` into lines, as :class:`LineReceiver` does, without copies.
+
+        ``LineReceiver`` splits one line at a time and copies the rest of
+        its buffer each time, which costs the square of the number of lines
+        a chunk holds (a stream packet line is tens of bytes, a TLS record
+        up to 16 KiB).  Here the unread data is ``_buffer[_start:]`` and
+        lines are sliced out of it; the behaviour is ``LineReceiver``'s:
+        nothing is read while paused, a line (or a line's start) longer than
+        ``MAX_LENGTH`` goes to :meth:`lineLengthExceeded` with everything
+        after it, reading stops once the transport is disconnecting, and
+        :meth:`clearLineBuffer` returns what has not been read yet.
+        """
+        if self._busyReceiving:
+            self._buffer += data
+            return
+        self._busyReceiving = True
+        try:
+            if self._start:
+                self._buffer = self._buffer[self._start:]
+                self._start = 0
+            self._buffer += data
+            delimiter = self.delimiter
+            while not self.paused:
+                buffer, start = self._buffer, self._start
+                if start >= len(buffer):
+                    break
+                end = buffer.find(delimiter, start)
+                if end < 0:
+                    if len(buffer) - start >= self.MAX_LENGTH + len(delimiter):
+                        self._buffer, self._start = b"", 0
+                        return self.lineLengthExceeded(buffer[start:])
+                    break
+                if end - start > self.MAX_LENGTH:
+                    self._buffer, self._start = b"", 0
+                    return self.lineLengthExceeded(buffer[start:])
+                self._start = end + len(delimiter)
+                why = self.lineReceived(buffer[start:end])
+                if why or self.transport and self.transport.disconnecting:
+                    return why
+        finally:
+            self._busyReceiving = False
+            if self._start:
+                self._buffer = self._buffer[self._start:]
+                self._start = 0
+
+    def clearLineBuffer(self) -> bytes:
+        """Forget the data not read yet, and return it."""
+        unread = self._buffer[self._start:]
+        self._buffer, self._start = b"", 0
+        return unread
 
     def lineReceived(self, line: bytes) -> None:
         if self._refusing:
@@ -147,6 +220,10 @@ class ReplyListener(TypingProtocol[T]):
     def conversationEnded(self, reason: Optional[Failure]) -> None:
         """Called exactly once: ``None`` after the final line, else why it failed."""
 
+    # Optional: ``linesProcessed()``, called after each chunk of data read
+    # from the connection that held at least one line, once every line of
+    # it was reported (a listener may batch what one chunk brings).
+
 
 def explain_connection_failure(reason: Failure, peer: str) -> Failure:
     """Turn a connection-level failure into a CommunicationError failure.
@@ -201,12 +278,14 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
         self._handshake_timeout = handshake_timeout
         self._handshaking = False
         self._timer: Optional[IDelayedCall] = None
+        self._line_seen = False  # a line arrived in the chunk being read
         self._ended = False
         self._lost: Optional[Failure] = None  # connection gone while reading was paused
 
     # -- connection events
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)
         self.transport.write(self._request)
         self._handshaking = self._handshake_timeout is not None
         self._arm_timer()
@@ -217,10 +296,23 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
             self._handshaking = False
             self._arm_timer()
 
+    def dataReceived(self, data: bytes) -> None:
+        """Read lines; the idle clock restarts once per chunk that held any."""
+        super().dataReceived(data)
+        if not self._line_seen:
+            return
+        self._line_seen = False
+        # Paused by the listener: the idle clock stays stopped until resumed.
+        if not self._ended and not self.paused:
+            self._touch_timer()
+        processed = getattr(self._listener, "linesProcessed", None)
+        if processed is not None:
+            processed()
+
     def messageReceived(self, value: Any) -> None:
         if self._ended:
             return
-        self._arm_timer()
+        self._line_seen = True
         try:
             reply = self._reader.feed(value)
         except MalformedMessage as error:
@@ -284,6 +376,19 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
         delay = self._handshake_timeout if self._handshaking else self._idle_timeout
         if delay is not None and not self._ended:
             self._timer = self._clock.callLater(delay, self._timed_out)
+
+    def _touch_timer(self) -> None:
+        """A line arrived: the idle clock starts again.
+
+        Pushing a running idle timer later with ``reset`` is cheap (the
+        reactor re-files it only when it comes due), unlike a cancel and a
+        new ``callLater`` per line of a long stream.
+        """
+        timer = self._timer
+        if timer is not None and not self._handshaking and timer.active():
+            timer.reset(self._idle_timeout)  # type: ignore[arg-type]
+        else:
+            self._arm_timer()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

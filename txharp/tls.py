@@ -19,10 +19,20 @@ an ``OpenSSL.SSL.Error``.  :func:`tls_failure` turns either into a
 
 Files are read only when a policy or server options are built; nothing
 here blocks the reactor afterwards.
+
+A :class:`ClientTLSPolicy` resumes TLS sessions: the session of a
+connection to a host that ended with a clean TLS close is offered again on
+the next connection to the same host name, so that call after call to one
+daemon skips the certificate exchange and its verification (a resumed
+session was verified, under the same policy and for the same name, when it
+was first established; a server that cannot resume it gets a full, fully
+verified handshake).
 """
 from __future__ import annotations
 
 import ipaddress
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -96,6 +106,13 @@ _NO_COMMON_PROTOCOL = (
 )
 
 _warned_unverified = False
+
+#: Host names whose last TLS session a policy remembers for resumption.
+MAX_REMEMBERED_SESSIONS = 4096
+
+# ``ret`` of an info callback about an alert: (level << 8) | description;
+# close_notify is a warning (1) with description 0.
+_CLOSE_NOTIFY = 0x100
 
 
 def _check_version(minimum_version: str) -> int:
@@ -200,6 +217,7 @@ class ClientTLSPolicy:
     check_hostname: bool = True
     minimum_version: str = "1.2"
     _context: SSL.Context = field(init=False, repr=False, compare=False)
+    _sessions: "OrderedDict[str, SSL.Session]" = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.pins, (str, bytes)):
@@ -214,7 +232,9 @@ class ClientTLSPolicy:
             assert store is not None
             for certificate in certificates:
                 store.add_cert(crypto.X509.from_cryptography(certificate))
+        context.set_info_callback(_session_events)
         object.__setattr__(self, "_context", context)
+        object.__setattr__(self, "_sessions", OrderedDict())
 
     @property
     def verifies(self) -> bool:
@@ -253,11 +273,50 @@ class _ClientCreator:
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._policy._context, None)
+        _creators[connection] = self
         if not self._is_ip:
             connection.set_tlsext_host_name(self._ascii_hostname.encode("ascii"))
         if self._policy.verifies:
             connection.set_verify(SSL.VERIFY_PEER, _Verifier(self, tlsProtocol))
+        session = self._policy._sessions.get(self._ascii_hostname)
+        if session is not None:
+            connection.set_session(session)
         return connection
+
+    def _remember(self, connection: SSL.Connection) -> None:
+        """Keep the session of a connection that ended cleanly, for the next one."""
+        session = connection.get_session()
+        if session is None:
+            return
+        sessions = self._policy._sessions
+        sessions[self._ascii_hostname] = session
+        sessions.move_to_end(self._ascii_hostname)
+        while len(sessions) > MAX_REMEMBERED_SESSIONS:
+            sessions.popitem(last=False)
+
+
+#: The creator of each live client connection (Twisted keeps the connection's
+#: app data for itself).
+_creators: "weakref.WeakKeyDictionary[SSL.Connection, _ClientCreator]" = weakref.WeakKeyDictionary()
+
+
+def _session_events(connection: SSL.Connection, where: int, ret: int) -> None:
+    """The client context's info callback: remember sessions at a clean close.
+
+    A close_notify (sent or received) comes after the handshake and, in TLS
+    1.3, after the session tickets that precede the server's data, so the
+    session is resumable then.  (OpenSSL refuses to resume a session whose
+    connection was freed without a close_notify of its own; that only costs
+    the next connection a full handshake.)  Exceptions raised inside OpenSSL
+    callbacks get lost: none can escape.
+    """
+    if where & SSL.SSL_CB_ALERT and ret == _CLOSE_NOTIFY:
+        try:
+            creator = _creators.get(connection)
+            if creator is not None:
+                creator._remember(connection)
+        except BaseException:
+            _log.failure("while keeping a TLS session for resumption")
 
 
 class _Verifier:

@@ -13,8 +13,10 @@ Two password databases:
 
 Hashes are checked with libpass (``passlib.hash``), not the ``crypt`` module
 that Python 3.13 removed; plain passwords are compared in constant time.
-Hashing is deliberately slow, so :class:`Authenticator` runs the checks in a
-thread pool and never blocks the reactor.  Passwords are never logged.
+Hashing is deliberately slow, so :class:`Authenticator` runs hash checks in a
+thread pool and never blocks the reactor; a plain password is compared at
+once (a constant-time comparison costs microseconds, far less than a trip
+to the pool).  Passwords are never logged.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from passlib.context import CryptContext
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -84,13 +86,34 @@ class PasswordDatabase:
         check = self._checks.get(user)
         return check is not None and check(password)
 
+    def quick_check(self, user: str, password: str) -> Optional[bool]:
+        """:meth:`check` if it is cheap for ``user`` (a plain password),
+        None when it needs the slow path (a hash, an unknown user, a file
+        that may have changed)."""
+        check = self._checks.get(user)
+        if check is not None and isinstance(check, _PlainCheck):
+            return check(password)
+        return None
+
 
 def _hash_check(stored: str) -> Callable[[str], bool]:
     return lambda password: _verify_hash(password, stored)
 
 
+class _PlainCheck:
+    """A plain password's check: a constant-time comparison, cheap enough for the reactor."""
+
+    __slots__ = ("_stored",)
+
+    def __init__(self, stored: str) -> None:
+        self._stored = stored
+
+    def __call__(self, password: str) -> bool:
+        return _verify_plain(password, self._stored)
+
+
 def _plain_check(stored: str) -> Callable[[str], bool]:
-    return lambda password: _verify_plain(password, stored)
+    return _PlainCheck(stored)
 
 
 class PasswordFile(PasswordDatabase):
@@ -142,6 +165,10 @@ class PasswordFile(PasswordDatabase):
             _log.error("keeping the previous users: {error}", error=str(e))
         return super().check(user, password)
 
+    def quick_check(self, user: str, password: str) -> Optional[bool]:
+        """Never: the file is checked for changes (a blocking stat) first."""
+        return None
+
 
 class InlineUsers(PasswordDatabase):
     """Users from the configuration: ``{name: "plain:PW" | "crypt:HASH"}``."""
@@ -189,5 +216,8 @@ class Authenticator:
 
     def authenticate(self, user: str, password: str) -> "Deferred[bool]":
         """Fire with True if the password is right for ``user``."""
+        quick = self.database.quick_check(user, password)
+        if quick is not None:
+            return succeed(quick)
         pool = self._threadpool or self._reactor.getThreadPool()  # type: ignore[attr-defined]
         return deferToThreadPool(self._reactor, pool, self.database.check, user, password)

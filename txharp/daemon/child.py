@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Dict, List, Optional
 
 from txharp.errors import EncodingError, MalformedMessage
 from txharp.wire.codec import decode_line, encode_line
 from txharp.wire.daemon import Acknowledgement, StreamItem
 from txharp.wire.dispatcher import Arguments
+from txharp.wire._record import Record, _set
 from txharp.wire.outcomes import ErrorReply, ExceptionReply, ResultReply
 from txharp.daemon.procedures import (
     ProcedureLoadError,
@@ -50,29 +50,65 @@ __all__ = ["EVENTS_FD", "Identity", "Job", "describe_exception", "main"]
 EVENTS_FD = 3
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Record):
     """Numeric user, primary group and supplementary groups to run as."""
 
+    __slots__ = _fields = ("uid", "gid", "groups")
     uid: int
     gid: int
-    groups: List[int] = field(default_factory=list)
+    groups: List[int]
+
+    def __init__(self, uid: int, gid: int, groups: Optional[List[int]] = None) -> None:
+        _set(self, "uid", uid)
+        _set(self, "gid", gid)
+        _set(self, "groups", [] if groups is None else groups)
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(Record):
     """Everything a child needs to run one call."""
 
+    __slots__ = _fields = (
+        "module", "procedure", "arguments", "prepend", "append", "identity", "logging",
+    )
     module: str
     procedure: str
     arguments: Arguments
-    prepend: List[str] = field(default_factory=list)
-    append: List[str] = field(default_factory=list)
-    identity: Optional[Identity] = None
-    logging: Optional[Dict[str, Any]] = None
+    prepend: List[str]
+    append: List[str]
+    identity: Optional[Identity]
+    logging: Optional[Dict[str, Any]]
+
+    def __init__(
+        self,
+        module: str,
+        procedure: str,
+        arguments: Arguments,
+        prepend: Optional[List[str]] = None,
+        append: Optional[List[str]] = None,
+        identity: Optional[Identity] = None,
+        logging: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        _set(self, "module", module)
+        _set(self, "procedure", procedure)
+        _set(self, "arguments", arguments)
+        _set(self, "prepend", [] if prepend is None else prepend)
+        _set(self, "append", [] if append is None else append)
+        _set(self, "identity", identity)
+        _set(self, "logging", logging)
 
     def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
+        identity = self.identity
+        return {
+            "module": self.module,
+            "procedure": self.procedure,
+            "arguments": self.arguments,
+            "prepend": list(self.prepend),
+            "append": list(self.append),
+            "identity": None if identity is None else {
+                "uid": identity.uid, "gid": identity.gid, "groups": list(identity.groups),
+            },
+            "logging": self.logging,
+        }
 
     @classmethod
     def from_json(cls, value: Dict[str, Any]) -> "Job":

@@ -36,7 +36,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import sys
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import (
     Any,
@@ -50,6 +49,7 @@ from typing import (
     overload,
 )
 
+from txharp.wire._record import Record, _set
 from txharp.wire.dispatcher import Arguments
 
 __all__ = [
@@ -257,16 +257,33 @@ class ProcedureLoadError(Exception):
         self.details = details
 
 
-@dataclass(frozen=True)
-class ProcedureSpec:
+class ProcedureSpec(Record):
     """What the daemon knows of one exposed procedure."""
 
+    __slots__ = _fields = ("name", "streaming", "timeout", "uid", "gid", "target")
+    _hidden = _uncompared = frozenset({"target"})
     name: str
     streaming: bool
     timeout: Optional[float]
     uid: Optional[UserSpec]
     gid: Optional[GroupSpec]
-    target: Procedure = field(repr=False, compare=False)
+    target: Procedure
+
+    def __init__(
+        self,
+        name: str,
+        streaming: bool,
+        timeout: Optional[float],
+        uid: Optional[UserSpec],
+        gid: Optional[GroupSpec],
+        target: Procedure,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "streaming", streaming)
+        _set(self, "timeout", timeout)
+        _set(self, "uid", uid)
+        _set(self, "gid", gid)
+        _set(self, "target", target)
 
 
 class ProcedureRegistry(Mapping[str, ProcedureSpec]):

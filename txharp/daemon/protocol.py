@@ -83,6 +83,13 @@ class _State(enum.Enum):
     DONE = "done"
 
 
+def _loggable(text: str) -> str:
+    """A client-chosen name made safe for any text log: JSON strings may hold
+    lone surrogates, which UTF-8 cannot carry, and a log file that cannot
+    write an event drops it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _peer_name(address: IAddress) -> str:
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     return f"{host}:{port}" if host is not None else str(address)
@@ -121,7 +128,7 @@ class HarpDaemonProtocol(JSONLinesProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._state is _State.REQUEST:
             super().dataReceived(data)
-        elif self._state is not _State.DONE:
+        elif data and self._state is not _State.DONE:  # an empty read is no data
             self._end(ErrorReply("invalid_request", EXCESSIVE_DATA_MESSAGE))
 
     def messageReceived(self, value: Any) -> None:
@@ -293,12 +300,12 @@ class HarpDaemonProtocol(JSONLinesProtocol):
         started = self._received_at
         _log.info(
             "call {procedure} by {user} from {peer}: {outcome}{detail_text} in {duration:.3f} s",
-            procedure=request.procedure if request else None,
-            user=request.user if request else None,
+            procedure=_loggable(request.procedure) if request else None,
+            user=_loggable(request.user) if request else None,
             peer=self._peer,
             outcome=outcome,
-            detail=detail,
-            detail_text=f" ({detail})" if detail else "",
+            detail=_loggable(detail),
+            detail_text=f" ({_loggable(detail)})" if detail else "",
             duration=self.factory.clock.seconds() - started if started is not None else 0.0,
         )
 

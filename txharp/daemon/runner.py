@@ -93,6 +93,8 @@ SHUTDOWN_MESSAGE = "service is shutting down"
 TIMEOUT_MESSAGE = "maximum execution time exceeded"
 # Longest line of a procedure's stdout/stderr copied to the log.
 _MAX_LOGGED_OUTPUT = 2000
+#: Most bytes read from each pipe of an exited child when its pipes are closed.
+_DRAIN_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,10 @@ class _ChildProcess(ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:
         self._exited = reason
+        # What the child wrote before exiting may still wait in its pipes
+        # (reading paused for a slow client): at most a pipe buffer, so read
+        # it now whatever the client's pace, before _kill closes the pipes.
+        self.transport.resumeProducing()
         self._check_silent_death()
         if self._killed:
             self._close_pipes()
@@ -302,7 +308,7 @@ class _ChildProcess(ProcessProtocol):
     # -- IPushProducer: flow control from the client's connection
 
     def pauseProducing(self) -> None:
-        if not self._finished:
+        if not self._finished and self._exited is None:
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
@@ -411,9 +417,33 @@ class _ChildProcess(ProcessProtocol):
 
     def _close_pipes(self) -> None:
         """Stop reading: a process that left the group (with setsid) may hold
-        the pipes open for ever, and the call must still end."""
+        the pipes open for ever, and the call must still end.
+
+        What the pipes hold already is read first: a busy daemon reads a
+        pipe 8 KiB per reactor turn, so a child that wrote its last packets
+        and its final line before exiting may not have been read completely
+        ``grace`` seconds later.  At most :data:`_DRAIN_LIMIT` bytes per
+        pipe (a pipe buffer is 64 KiB), so a process still writing cannot
+        hold the call.
+        """
         for fd in (1, 2, EVENTS_FD):
+            self._drain(fd)
             self.transport.closeChildFD(fd)
+
+    def _drain(self, fd: int) -> None:
+        reader = getattr(self.transport, "pipes", {}).get(fd)
+        if reader is None:
+            return
+        left = _DRAIN_LIMIT
+        while left > 0 and not (fd == EVENTS_FD and self._finished):
+            try:
+                data = os.read(reader.fileno(), min(left, 65536))
+            except OSError:  # EAGAIN: nothing more for now; or the pipe is gone
+                return
+            if not data:
+                return
+            left -= len(data)
+            self.childDataReceived(fd, data)
 
     def _signal_group(self, signum: int) -> None:
         if self._pgid <= 0:

@@ -47,6 +47,11 @@ __all__ = ["DaemonSettings", "LoadedDaemon", "load_daemon", "HarpDaemonService"]
 
 _log = Logger()
 
+#: Connections the kernel may hold before the daemon accepts them (Twisted's
+#: default of 50 overflows when a dispatcher starts many calls at once, and
+#: each overflow costs the caller a SYN retransmit: one second).
+LISTEN_BACKLOG = 1024
+
 
 @dataclass(frozen=True)
 class DaemonSettings:
@@ -194,7 +199,8 @@ class HarpDaemonService(Service):
     def _listen(self) -> None:
         network = self._daemon.config.network
         endpoint = SSL4ServerEndpoint(
-            self._reactor, network.port, self._daemon.tls, interface=network.address
+            self._reactor, network.port, self._daemon.tls, backlog=LISTEN_BACKLOG,
+            interface=network.address,
         )
         # This endpoint listens synchronously: a port already in use must stop
         # the start-up here, not be logged and ignored.

@@ -33,6 +33,7 @@ running, ending, ended; ``outcome``: the ``get_result`` reply or null).
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Mapping, Optional
@@ -204,7 +205,12 @@ class AdminOperations:
         elif isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
             raise MalformedMessage("age_days must be a non-negative number")
         else:
-            age = days * 86400.0
+            try:
+                age = float(days) * 86400.0
+            except OverflowError:  # an integer beyond any float
+                age = math.inf
+            if not math.isfinite(age):
+                raise MalformedMessage("age_days is out of range")
         return {"pruned": await self._manager.prune(age)}
 
 

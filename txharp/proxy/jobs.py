@@ -50,7 +50,7 @@ import enum
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -60,8 +60,8 @@ from twisted.python.failure import Failure
 
 from txharp.proxy.queues import QueueRegistry
 from txharp.proxy.store import INTERRUPTED, JobRecord, JobStore
-from txharp.wire.codec import encode_line
-from txharp.wire.dispatcher import CallAccepted, CallRequest, Packet, StatusReply
+from txharp.wire.codec import RawJSON, encode_json
+from txharp.wire.dispatcher import CallAccepted, CallRequest, StatusReply
 from txharp.wire.outcomes import (
     CancelledReply,
     ErrorReply,
@@ -102,10 +102,20 @@ READ_BATCH = 64
 #: daemon is paused, and the count at which it resumes.
 PENDING_HIGH, PENDING_LOW = 1024, 256
 
+#: A job's end that the store refused is written again after this many
+#: seconds, doubling up to the maximum: no reply reports an end before it is
+#: on disk, so waiters wait for the store to recover.
+END_RETRY_FIRST, END_RETRY_MAX = 1.0, 60.0
+
 
 def packet_line(number: int, data: Any) -> bytes:
-    """The wire line of stream packet ``number``; the one place it is built."""
-    return encode_line(Packet(number, data).to_json())
+    """The wire line of stream packet ``number``; the one place it is built.
+
+    The same bytes as ``encode_line(Packet(number, data).to_json())``, with
+    ``data`` encoded on its own (or given already encoded, as
+    :class:`~txharp.wire.codec.RawJSON`) and no dictionary in between.
+    """
+    return b'{"packet":%d,"data":%s}\n' % (number, encode_json(data))
 
 
 def loggable(text: str) -> str:
@@ -224,6 +234,14 @@ class PacketCache:
         self._max_packets = max(1, max_packets)
         self._max_bytes = max_bytes
 
+    @property
+    def max_packets(self) -> int:
+        return self._max_packets
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
     def add(self, number: int, line: bytes) -> None:
         if number != self._first + len(self._lines):
             self._lines.clear()
@@ -251,16 +269,20 @@ class _CommitPipeline:
     """
 
     def __init__(self) -> None:
-        self._entries: Deque[List[Any]] = deque()  # [fired, failure, effect]
+        self._entries: Deque[List[Any]] = deque()  # [fired, failure, effect, weight]
         self._flushing = False
+        self._weight = 0
 
     def __len__(self) -> int:
-        """Writes whose effect has not been applied yet."""
-        return len(self._entries)
+        """Writes whose effect has not been applied yet (a write of N packets counts N)."""
+        return self._weight
 
-    def add(self, write: "Deferred[Any]", effect: Callable[[Optional[Failure]], None]) -> None:
-        entry: List[Any] = [False, None, effect]
+    def add(
+        self, write: "Deferred[Any]", effect: Callable[[Optional[Failure]], None], weight: int = 1
+    ) -> None:
+        entry: List[Any] = [False, None, effect, weight]
         self._entries.append(entry)
+        self._weight += weight
 
         def fired(result: Any) -> None:
             entry[0] = True
@@ -275,7 +297,8 @@ class _CommitPipeline:
         self._flushing = True
         try:
             while self._entries and self._entries[0][0]:
-                _, failure, effect = self._entries.popleft()
+                _, failure, effect, weight = self._entries.popleft()
+                self._weight -= weight
                 effect(failure)
         finally:
             self._flushing = False
@@ -305,6 +328,8 @@ class Job:
         self._run: Optional[RunningCall] = None
         self._reading_paused = False
         self._deadline: Optional[IDelayedCall] = None
+        self._end_retry: Optional[IDelayedCall] = None
+        self._end_retry_delay = END_RETRY_FIRST
 
     def __repr__(self) -> str:
         return f"<Job {self.job_id} {self.call.host}/{self.call.procedure} {self.phase.value}>"
@@ -346,9 +371,40 @@ class Job:
             return
         number = self._numbered
         self._numbered += 1
-        line = packet_line(number, data)
-        write = self._manager.store.append_packet(self.job_id, number, data)
+        encoded = RawJSON(encode_json(data))  # once, for the line and for the store
+        line = packet_line(number, encoded)
+        write = self._manager.store.append_packet(self.job_id, number, encoded)
         self._pipeline.add(write, lambda failure: self._packet_written(failure, number, line))
+        if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
+            self._reading_paused = True
+            self._run.pauseReading()
+
+    def stream_many(self, datas: Sequence[Any]) -> None:
+        """Packets that arrived from the daemon together: as :meth:`stream` for
+        each, in order, but recorded with one store write.
+
+        The relay hands over the packets of each chunk it reads from the
+        daemon this way: one ``append_packets`` (all or nothing) and one
+        commit wait for the lot, instead of one of each per packet.
+        Followers see them once that write has committed, as always.  A
+        store without ``append_packets`` gets them one by one.
+        """
+        if self.phase is not Phase.RUNNING or not datas:
+            return
+        store = self._manager.store
+        append_packets = getattr(store, "append_packets", None)
+        if append_packets is None or len(datas) == 1:
+            for data in datas:
+                self.stream(data)
+            return
+        first = self._numbered
+        self._numbered += len(datas)
+        encoded = [RawJSON(encode_json(data)) for data in datas]
+        lines = [packet_line(first + n, raw) for n, raw in enumerate(encoded)]
+        write = append_packets(self.job_id, first, encoded)
+        self._pipeline.add(
+            write, lambda failure: self._packets_written(failure, first, lines), len(datas)
+        )
         if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
             self._reading_paused = True
             self._run.pauseReading()
@@ -368,8 +424,20 @@ class Job:
         if run is not None:
             run.stop()
         manager.queues.leave(self)
-        self._pipeline.add(manager.store.end_job(self.job_id, outcome, self.end), self._settled)
+        self._record_end()
         return True
+
+    def _record_end(self) -> None:
+        self._end_retry = None
+        assert self._decided is not None and self.end is not None
+        write = self._manager.store.end_job(self.job_id, self._decided, self.end)
+        self._pipeline.add(write, self._settled)
+
+    def retry_end_now(self) -> None:
+        """Write a refused end at once instead of after its back-off (shutdown)."""
+        if self._end_retry is not None and self._end_retry.active():
+            self._end_retry.cancel()
+            self._record_end()
 
     # ---------------------------------------------------------- effects
 
@@ -391,14 +459,53 @@ class Job:
         for watcher in list(self._watchers):
             watcher.packets_available()
 
+    def _packets_written(self, failure: Optional[Failure], first: int, lines: List[bytes]) -> None:
+        """:meth:`_packet_written` for the packets of one :meth:`stream_many`."""
+        if failure is not None:
+            self._store_failed(failure)
+            return
+        if self._reading_paused and len(self._pipeline) <= PENDING_LOW and self._run is not None:
+            self._reading_paused = False
+            self._run.resumeReading()
+        if first != self._committed:  # an earlier packet was refused
+            return
+        # Announced in slices of at most half the cache, so that followers
+        # that keep up take every packet from the cache before it leaves.
+        cache = self._cache
+        most_packets, most_bytes = cache.max_packets // 2, cache.max_bytes // 2
+        last = first + len(lines) - 1
+        count = size = 0
+        for n, line in enumerate(lines, first):
+            cache.add(n, line)
+            count += 1
+            size += len(line)
+            if count >= most_packets or size >= most_bytes or n == last:
+                self._committed = n + 1
+                count = size = 0
+                for watcher in list(self._watchers):
+                    watcher.packets_available()
+
     def _store_failed(self, failure: Failure) -> None:
         log.failure("job {job_id}: job store write failed", failure, job_id=self.job_id)
         self.finish(store_failure(failure))
 
     def _settled(self, failure: Optional[Failure]) -> None:
-        """ENDING → ENDED: the end is durable (or the store failed: logged)."""
+        """ENDING → ENDED once the end is durable; a refused write is retried.
+
+        Nobody is told an end the store does not hold: waiters and followers
+        wait while the write is retried with back-off.  Only when harp-proxy
+        shuts down with the store still refusing is the job given up, as
+        ``missing_result`` -- what a restart would read for it anyway.
+        """
         if failure is not None:
             log.failure("job {job_id}: recording its end failed", failure, job_id=self.job_id)
+            if not self._manager.closing:
+                delay, self._end_retry_delay = self._end_retry_delay, min(
+                    END_RETRY_MAX, self._end_retry_delay * 2
+                )
+                self._end_retry = self._manager.clock.callLater(delay, self._record_end)
+                return
+            self._decided = INTERRUPTED
         outcome = self._decided
         assert outcome is not None
         self.phase = Phase.ENDED
@@ -517,8 +624,8 @@ class JobManager:
         limits: Limits = Limits(),
         *,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
-        cache_packets: int = 256,
-        cache_bytes: int = 1 << 20,
+        cache_packets: int = 2048,
+        cache_bytes: int = 4 << 20,
     ) -> None:
         self.store = store
         self.relay = relay
@@ -622,6 +729,7 @@ class JobManager:
         ending = [job.when_ended() for job in self._active.values()]
         for job in list(self._active.values()):
             job.finish(SHUTDOWN)
+            job.retry_end_now()
         return DeferredList(ending, consumeErrors=True)
 
     def _retire(self, job: Job) -> None:

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txharp.errors import MalformedMessage
-from txharp.lines import JSONLinesProtocol
+from txharp.lines import JSONLinesProtocol, set_no_delay
 from txharp.proxy.jobs import READ_BATCH, JobManager, StreamSource, packet_line, store_failure
 from txharp.wire.codec import DEFAULT_MAX_LINE_LENGTH, encode_line
 from txharp.wire.dispatcher import (
@@ -227,6 +227,7 @@ class DispatcherProtocol(JSONLinesProtocol):
     # ----------------------------------------------------- connection
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)  # small replies, then close: no waiting for ACKs
         self._timer = self._clock.callLater(self._request_timeout, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:

@@ -49,11 +49,17 @@ A procedure's exception is relayed unchanged as an ``exception`` outcome.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import (
     ConnectionClosed,
     ConnectionRefusedError,
@@ -117,6 +123,7 @@ class _Call:
         self._hostname = hostname
         self._acknowledged = False
         self._over = False
+        self._packets: List[Any] = []  # stream packets of the chunk being read
         self.exchange: Optional[Exchange[DaemonReply]] = None
 
     # ---------------------------------------------------- RunningCall
@@ -138,16 +145,29 @@ class _Call:
     # -------------------------------------------------- ReplyListener
 
     def replyReceived(self, reply: DaemonReply) -> None:
+        if isinstance(reply, StreamItem):
+            # Recorded with the rest of the chunk (linesProcessed), in one write.
+            self._packets.append(reply.data)
+            return
+        self._record_packets()
         if isinstance(reply, Acknowledgement):
             self._acknowledged = True
-        elif isinstance(reply, StreamItem):
-            self._job.stream(reply.data)
         else:
             self._over = True
             self._job.finish(reply)
 
+    def linesProcessed(self) -> None:
+        """Every line of a chunk read from the daemon has been reported."""
+        self._record_packets()
+
+    def _record_packets(self) -> None:
+        if self._packets:
+            packets, self._packets = self._packets, []
+            self._job.stream_many(packets)
+
     def conversationEnded(self, reason: Optional[Failure]) -> None:
         self._over = True
+        self._record_packets()  # what arrived before the end or the failure counts
         if reason is None or reason.check(CancelledError):
             return  # the final line was reported, or the job stopped us
         self._job.finish(self._error(reason))
@@ -223,10 +243,16 @@ class HarpdRelay:
     def _tls_endpoint(self, entry: HostEntry) -> IStreamClientEndpoint:
         if not 0 < entry.port < 65536:
             raise ValueError(f"port {entry.port} out of range")
-        return wrapClientTLS(
-            self._tls.creator_for(entry.address),
-            HostnameEndpoint(self._reactor, entry.address, entry.port),
-        )
+        # An address that is already an IP address needs no name lookup:
+        # HostnameEndpoint would still make one per call, in a thread.
+        tcp: IStreamClientEndpoint
+        if isIPAddress(entry.address):
+            tcp = TCP4ClientEndpoint(self._reactor, entry.address, entry.port)
+        elif isIPv6Address(entry.address):
+            tcp = TCP6ClientEndpoint(self._reactor, entry.address, entry.port)
+        else:
+            tcp = HostnameEndpoint(self._reactor, entry.address, entry.port)
+        return wrapClientTLS(self._tls.creator_for(entry.address), tcp)
 
     def run(self, job: Job) -> RunningCall:
         """Start relaying ``job``; its end reaches :meth:`Job.finish`."""

@@ -44,6 +44,20 @@ DEFAULT_LISTEN = "tcp:3502:interface=127.0.0.1"
 STORE_FILE = "jobs.sqlite3"
 
 
+#: Connections the kernel may hold for the proxy before it accepts them.
+#: Twisted's default, 50, overflows as soon as a few dozen clients connect
+#: at once, and every overflow costs a client a SYN retransmit (1 s).
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """An endpoint description with a ``backlog`` of ``backlog`` unless it names one."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "unix", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
+
+
 def default_data_dir() -> str:
     """``$XDG_STATE_HOME/harp-proxy``, i.e. ``~/.local/state/harp-proxy`` by default."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -98,7 +112,9 @@ class ProxyService(MultiService):
             self.store, self.relay, reactor, Limits(config.default_timeout, config.max_exec_time)
         )
         self.factory = DispatcherFactory(self.manager, reactor)
-        self._endpoints = [serverFromString(reactor, description) for description in config.listen]
+        self._endpoints = [
+            serverFromString(reactor, with_backlog(description)) for description in config.listen
+        ]
         #: The dispatcher's listening ports, once :attr:`ready` has fired.
         self.ports: List[IListeningPort] = []
         if config.hosts_refresh:

@@ -24,13 +24,16 @@ Threading and group commit
 --------------------------
 All SQLite work runs on one dedicated thread that owns the connection (not
 the reactor thread, and not Twisted's shared thread pool, which may run
-several things at once).  Requests go through a queue; the thread takes
-everything waiting (up to ``max_batch`` requests), runs it in one
-transaction with a savepoint around each write, so that one refused request
-does not undo its neighbours, commits once, and hands all the results back
-to the reactor with one ``callFromThread``.  Under load one commit thus
-carries many writes.  Requests are carried out, and their Deferreds fired,
-in the order they were made.
+several things at once).  The requests made during one reactor turn are
+handed to the thread together at the end of that turn (one wake-up of the
+thread, not one per request); the thread takes everything waiting (about
+``max_batch`` requests at most), runs it in one transaction with a
+savepoint around each write that takes more than one statement (a single
+statement is atomic by itself), so that one refused request does not undo
+its neighbours, commits once, and hands all the results back to the
+reactor with one ``callFromThread``.  Under load one commit thus carries
+many writes.  Requests are carried out, and their Deferreds fired, in the
+order they were made.
 
 ``threaded=False`` runs each request at once in the caller's thread instead
 (one transaction each), so the Deferreds have fired when the methods
@@ -78,7 +81,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txharp.errors import EncodingError, HarpException, MalformedMessage
-from txharp.wire.codec import encode_line
+from txharp.wire.codec import encode_json
 from txharp.wire.dispatcher import Arguments, CallRequest, StatusReply, parse_outcome
 from txharp.wire.outcomes import (
     CancelledReply,
@@ -222,6 +225,11 @@ class JobStore(Protocol):
     def append_packet(self, job_id: str, number: int, data: Any) -> "Deferred[None]":
         """Add packet ``number``, which must be the job's next, to an unended job."""
 
+    def append_packets(self, job_id: str, first: int, datas: Sequence[Any]) -> "Deferred[None]":
+        """Add packets ``first``, ``first + 1``... in one write: all of them, or
+        none with the error :meth:`append_packet` of ``first`` would give.
+        (Optional: callers fall back to :meth:`append_packet` without it.)"""
+
     def end_job(self, job_id: str, outcome: Outcome, end_time: int) -> "Deferred[bool]":
         """End a job; False, and no change, if it had already ended."""
 
@@ -249,8 +257,12 @@ class JobStore(Protocol):
 
 
 def _dump(value: Any) -> str:
-    """Compact JSON text; raises EncodingError for a value JSON cannot carry."""
-    return encode_line(value)[:-1].decode("utf-8")
+    """Compact JSON text; raises EncodingError for a value JSON cannot carry.
+
+    A :class:`~txharp.wire.codec.RawJSON` (a value the caller has encoded
+    already) is stored as it is.
+    """
+    return encode_json(value).decode("utf-8")
 
 
 def _load(text: str) -> Any:
@@ -276,6 +288,11 @@ def _text(value: str) -> Any:
     except UnicodeEncodeError:
         return value.encode("utf-8", "surrogatepass")
     return value
+
+
+def _sql_int(value: int) -> int:
+    """``value`` clamped to SQLite's 64-bit integers (a limit of 10**30 is no limit)."""
+    return max(-(2 ** 63), min(value, 2 ** 63 - 1))
 
 
 def _untext(value: Any) -> Any:
@@ -379,6 +396,13 @@ class _CloseRequest(_Request):
 
 #: (deferred, succeeded, value or exception), handed back to the reactor.
 _Result = Tuple["Deferred[Any]", bool, Any]
+
+
+def _single_statement(work: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a write request that changes the database with one statement
+    at most (and reads only otherwise): it needs no savepoint of its own."""
+    work.single_statement = True  # type: ignore[attr-defined]
+    return work
 
 
 class _TransactionLost(Exception):
@@ -496,7 +520,7 @@ class _Database:
         assert connection is not None
         try:
             connection.execute("BEGIN IMMEDIATE")
-            results = [self._run(request, in_transaction=True) for request in requests]
+            results = self._run_all(requests)
             connection.execute("COMMIT")
             self.commits += 1
         except (sqlite3.Error, _TransactionLost) as e:
@@ -509,8 +533,76 @@ class _Database:
             return [(request.deferred, False, error) for request in requests]
         return results
 
+    def _run_all(self, requests: Sequence[_Request]) -> List[_Result]:
+        """Run ``requests`` in order inside the open transaction.
+
+        Consecutive packets of one job (``append_packet`` of numbers N,
+        N+1, ...) are written together: one UPDATE of the count and one
+        ``executemany`` of the rows, in one savepoint.  If that is refused
+        in any way, it is undone and the requests run one by one, so that
+        each gets exactly the answer it would have had alone.
+        """
+        results: List[_Result] = []
+        append = self.append_packet.__func__  # type: ignore[attr-defined]
+        count = len(requests)
+        i = 0
+        while i < count:
+            request = requests[i]
+            work = request.work
+            if getattr(work, "__func__", None) is append:
+                job_id, number = request.args[0], request.args[1]
+                end = i + 1
+                while end < count:
+                    following = requests[end]
+                    if (
+                        getattr(following.work, "__func__", None) is not append
+                        or following.args[0] != job_id
+                        or following.args[1] != number + (end - i)
+                    ):
+                        break
+                    end += 1
+                if end - i > 1:
+                    run = requests[i:end]
+                    if self._append_run(job_id, number, [r.args[2] for r in run]):
+                        results.extend((r.deferred, True, None) for r in run)
+                        i = end
+                        continue
+            results.append(self._run(request, in_transaction=True))
+            i += 1
+        return results
+
+    def _append_run(self, job_id: Any, first: int, texts: List[str]) -> bool:
+        """Packets ``first``... of a job in one go; False (and nothing written) if refused."""
+        connection = self._connection()
+        connection.execute("SAVEPOINT packets")
+        try:
+            cursor = connection.execute(
+                "UPDATE jobs SET packet_count = packet_count + ?"
+                " WHERE id = ? AND packet_count = ? AND end_time IS NULL",
+                (len(texts), job_id, first),
+            )
+            if cursor.rowcount == 1:
+                connection.executemany(
+                    "INSERT INTO packets (job_id, number, data) VALUES (?, ?, ?)",
+                    [(job_id, first + n, text) for n, text in enumerate(texts)],
+                )
+                connection.execute("RELEASE packets")
+                return True
+        except Exception as e:
+            if not connection.in_transaction:
+                raise _TransactionLost() from e
+        connection.execute("ROLLBACK TO packets")
+        connection.execute("RELEASE packets")
+        return False
+
     def _run(self, request: _Request, in_transaction: bool) -> _Result:
-        savepoint = request.writes and in_transaction
+        # A request that modifies the database with one statement needs no
+        # savepoint: SQLite undoes a failed statement by itself.
+        savepoint = (
+            request.writes
+            and in_transaction
+            and not getattr(request.work, "single_statement", False)
+        )
         try:
             if savepoint:
                 self._connection().execute("SAVEPOINT request")
@@ -531,6 +623,7 @@ class _Database:
 
     # ------------------------------------------------------ the requests
 
+    @_single_statement
     def create_job(self, row: Tuple[Any, ...]) -> None:
         try:
             self._connection().execute(
@@ -554,6 +647,7 @@ class _Database:
             ),
         )
 
+    @_single_statement
     def mark_started(self, job_id: str, start: int) -> None:
         cursor = self._connection().execute(
             "UPDATE jobs SET start_time = ? WHERE id = ? AND end_time IS NULL", (start, job_id)
@@ -577,6 +671,23 @@ class _Database:
             "INSERT INTO packets (job_id, number, data) VALUES (?, ?, ?)", (job_id, number, data)
         )
 
+    def append_packets(self, job_id: str, first: int, texts: List[str]) -> None:
+        connection = self._connection()
+        cursor = connection.execute(
+            "UPDATE jobs SET packet_count = packet_count + ?"
+            " WHERE id = ? AND packet_count = ? AND end_time IS NULL",
+            (len(texts), job_id, first),
+        )
+        if cursor.rowcount == 0:
+            count, end = self._job_state(job_id)
+            if end is not None:
+                raise StoreError(f"job {job_id!r} has ended: packet {first} refused")
+            raise StoreError(f"job {job_id!r}: packet {first} out of order (next is {count})")
+        connection.executemany(
+            "INSERT INTO packets (job_id, number, data) VALUES (?, ?, ?)",
+            [(job_id, number, text) for number, text in enumerate(texts, first)],
+        )
+
     def _job_state(self, job_id: str) -> Tuple[int, Optional[int]]:
         """(packet count, end time) of a job; UnknownJob if there is none."""
         row = self._connection().execute(
@@ -586,6 +697,7 @@ class _Database:
             raise UnknownJob(_untext(job_id))
         return row
 
+    @_single_statement
     def end_job(self, job_id: str, kind: str, outcome: str, end_time: int) -> bool:
         cursor = self._connection().execute(
             "UPDATE jobs SET end_time = ?, outcome_kind = ?, outcome = ?"
@@ -686,7 +798,9 @@ class SQLiteJobStore:
         self._threaded = threaded
         self._max_batch = max_batch
         self._db = _Database(path, durability, check)
-        self._requests: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+        self._requests: "queue.SimpleQueue[List[_Request]]" = queue.SimpleQueue()
+        #: Requests made during this reactor turn, handed over at its end.
+        self._outbox: List[_Request] = []
         self._state = "new"
         self._close_waiters: List[Deferred[None]] = []
 
@@ -763,11 +877,23 @@ class SQLiteJobStore:
     # ------------------------------------------------------- the thread
 
     def _put(self, request: _Request) -> None:
-        """Hand a request to the database thread, or run it now if unthreaded."""
-        if self._threaded:
-            self._requests.put(request)
-        else:
+        """Queue a request for the database thread, or run it now if unthreaded.
+
+        The first request of a reactor turn schedules the hand-over of all
+        of the turn's requests for the end of the turn: waking the thread
+        (and letting it compete for the GIL) once per request costs the
+        reactor far more than the wait.
+        """
+        if not self._threaded:
             self._deliver(self._db.run_batch([request]))
+            return
+        self._outbox.append(request)
+        if len(self._outbox) == 1:
+            self._reactor.callLater(0, self._hand_over)  # type: ignore[attr-defined]
+
+    def _hand_over(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        self._requests.put(outbox)
 
     def _serve(self) -> None:
         """The database thread: take what is waiting, run it, commit, deliver.
@@ -776,10 +902,10 @@ class SQLiteJobStore:
         """
         requests = self._requests
         while True:
-            batch = [requests.get()]
+            batch = list(requests.get())
             while len(batch) < self._max_batch:
                 try:
-                    batch.append(requests.get_nowait())
+                    batch.extend(requests.get_nowait())
                 except queue.Empty:
                     break
             close = batch.pop() if isinstance(batch[-1], _CloseRequest) else None
@@ -836,6 +962,15 @@ class SQLiteJobStore:
             return fail(e)
         return self._submit(self._db.append_packet, _text(job_id), number, text, writes=True)
 
+    def append_packets(self, job_id: str, first: int, datas: Sequence[Any]) -> "Deferred[None]":
+        try:
+            texts = [_dump(data) for data in datas]
+        except EncodingError as e:
+            return fail(e)
+        if not texts:
+            return succeed(None)
+        return self._submit(self._db.append_packets, _text(job_id), first, texts, writes=True)
+
     def end_job(self, job_id: str, outcome: Outcome, end_time: int) -> "Deferred[bool]":
         try:
             text = _dump(outcome.to_json())
@@ -851,7 +986,11 @@ class SQLiteJobStore:
         self, job_id: str, since: int = 0, limit: Optional[int] = None
     ) -> "Deferred[List[Tuple[int, Any]]]":
         return self._submit(
-            self._db.read_packets, _text(job_id), since, -1 if limit is None else limit, writes=False
+            self._db.read_packets,
+            _text(job_id),
+            _sql_int(since),
+            -1 if limit is None else _sql_int(limit),
+            writes=False,
         )
 
     def packet_count(self, job_id: str) -> "Deferred[int]":
@@ -862,7 +1001,7 @@ class SQLiteJobStore:
     ) -> "Deferred[List[JobRecord]]":
         where = _STATE_FILTERS[frozenset(JobState if states is None else states)]
         return self._submit(
-            self._db.list_jobs, where, -1 if limit is None else limit, writes=False
+            self._db.list_jobs, where, -1 if limit is None else _sql_int(limit), writes=False
         )
 
     def prune(self, older_than: int) -> "Deferred[int]":
@@ -873,7 +1012,7 @@ class SQLiteJobStore:
     async def _prune(self, older_than: int) -> int:
         total = 0
         while True:
-            count = await self._submit(self._db.prune_chunk, older_than, writes=True)
+            count = await self._submit(self._db.prune_chunk, _sql_int(older_than), writes=True)
             total += count
             if count < PRUNE_CHUNK:
                 break

@@ -8,17 +8,69 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from json.encoder import encode_basestring, encode_basestring_ascii
+from typing import Any, Callable
 
 from txharp.errors import EncodingError, MalformedMessage
 
-__all__ = ["DEFAULT_MAX_LINE_LENGTH", "encode_line", "decode_line"]
+try:
+    from json.encoder import c_make_encoder
+except ImportError:  # pragma: no cover - CPython always has it
+    c_make_encoder = None
+
+__all__ = ["DEFAULT_MAX_LINE_LENGTH", "RawJSON", "encode_json", "encode_line", "decode_line"]
 
 #: Longest line either side accepts by default (4 MiB, newline excluded).
 DEFAULT_MAX_LINE_LENGTH = 4 * 1024 * 1024
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _text_encoder(ensure_ascii: bool) -> Callable[[Any], str]:
+    """Compact JSON text, NaN and infinities refused.
+
+    On CPython this is the json module's C encoder, made once and reused:
+    ``JSONEncoder.encode`` builds a new one for every value, which costs
+    more than encoding a small value.  It keeps no state between calls
+    (no circular-reference markers: a cyclic value fails with
+    RecursionError), so threads may share it.
+    """
+    if c_make_encoder is None:  # pragma: no cover
+        return json.JSONEncoder(
+            ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":")
+        ).encode
+    encoder = c_make_encoder(
+        None, _not_json, encode_basestring_ascii if ensure_ascii else encode_basestring,
+        None, ":", ",", False, False, False,
+    )
+    return lambda value: "".join(encoder(value, 0))
+
+
+_encode_text = _text_encoder(False)
+_encode_ascii = _text_encoder(True)
+
+
+class RawJSON:
+    """A value already encoded by :func:`encode_json`, to be written as it is.
+
+    Lets a hot path encode a value once and use the bytes twice (a stream
+    packet goes both into its wire line and into the job store).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"RawJSON({self.data!r})"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, RawJSON) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _reject_constant(name: str) -> Any:
@@ -36,6 +88,23 @@ def _parse_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 
 
+def encode_json(value: Any) -> bytes:
+    """Encode ``value`` as compact JSON (no newline), as :func:`encode_line` does.
+
+    A :class:`RawJSON` is returned as it is.
+    """
+    if type(value) is RawJSON:
+        return value.data
+    try:
+        text = _encode_text(value)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise EncodingError(f"cannot encode as JSON: {e}") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _encode_ascii(value).encode("ascii")
+
+
 def encode_line(value: Any) -> bytes:
     """Encode ``value`` as one compact JSON line ending in ``\\n``.
 
@@ -44,15 +113,7 @@ def encode_line(value: Any) -> bytes:
     failing.  NaN, infinities and non-JSON types raise
     :class:`~txharp.errors.EncodingError` before anything is written.
     """
-    try:
-        text = _ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError) as e:
-        raise EncodingError(f"cannot encode as JSON: {e}") from None
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        data = _ASCII_ENCODER.encode(value).encode("ascii")
-    return data + b"\n"
+    return encode_json(value) + b"\n"
 
 
 def decode_line(line: bytes) -> Any:

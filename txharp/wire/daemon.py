@@ -7,10 +7,10 @@ line.  :class:`DaemonReplyReader` checks that order without doing I/O.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
 from txharp.errors import MalformedMessage
+from txharp.wire._record import Record, _set
 from txharp.wire.dispatcher import Arguments, parse_outcome
 from txharp.wire.outcomes import ErrorReply, ExceptionReply, ResultReply, require_object
 
@@ -31,14 +31,21 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 4306
 
 
-@dataclass(frozen=True)
-class DaemonRequest:
+class DaemonRequest(Record):
     """A call with its credentials; ``repr`` never shows the password."""
 
+    __slots__ = _fields = ("procedure", "arguments", "user", "password")
+    _hidden = frozenset({"password"})
     procedure: str
     arguments: Arguments
     user: str
-    password: str = field(repr=False)
+    password: str
+
+    def __init__(self, procedure: str, arguments: Arguments, user: str, password: str) -> None:
+        _set(self, "procedure", procedure)
+        _set(self, "arguments", arguments)
+        _set(self, "user", user)
+        _set(self, "password", password)
 
     def to_json(self) -> Dict[str, Any]:
         return {
@@ -80,21 +87,27 @@ def parse_daemon_request(value: Any) -> DaemonRequest:
     return DaemonRequest(procedure, arguments, auth["user"], auth["password"])
 
 
-@dataclass(frozen=True)
-class Acknowledgement:
+class Acknowledgement(Record):
     """The daemon accepted the call; ``stream_result`` says whether packets follow."""
 
+    __slots__ = _fields = ("stream_result",)
     stream_result: bool
+
+    def __init__(self, stream_result: bool) -> None:
+        _set(self, "stream_result", stream_result)
 
     def to_json(self) -> Dict[str, Any]:
         return {"harp": PROTOCOL_VERSION, "stream_result": self.stream_result}
 
 
-@dataclass(frozen=True)
-class StreamItem:
+class StreamItem(Record):
     """One packet of a streaming procedure."""
 
+    __slots__ = _fields = ("data",)
     data: Any
+
+    def __init__(self, data: Any) -> None:
+        _set(self, "data", data)
 
     def to_json(self) -> Dict[str, Any]:
         return {"stream": self.data}

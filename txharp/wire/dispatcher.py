@@ -5,10 +5,10 @@ for the client side; replies likewise.  Nothing in this module does I/O.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from txharp.errors import MalformedMessage
+from txharp.wire._record import Record, _set
 from txharp.wire.outcomes import (
     CancelledReply,
     ContinueReply,
@@ -99,12 +99,16 @@ def _job_id(body: Mapping[str, Any], key: str) -> str:
 # ---------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class QueueSpec:
+class QueueSpec(Record):
     """A named queue: ``name`` is any JSON object, compared by value."""
 
+    __slots__ = _fields = ("name", "concurrency")
     name: Dict[str, Any]
-    concurrency: Optional[int] = None
+    concurrency: Optional[int]
+
+    def __init__(self, name: Dict[str, Any], concurrency: Optional[int] = None) -> None:
+        _set(self, "name", name)
+        _set(self, "concurrency", concurrency)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name}
@@ -124,17 +128,37 @@ class QueueSpec:
         return cls(name=name, concurrency=concurrency)
 
 
-@dataclass(frozen=True)
-class CallRequest:
+class CallRequest(Record):
     """Run ``procedure(*arguments)`` on ``host``; answered with a job ID."""
 
+    __slots__ = _fields = (
+        "host", "procedure", "arguments", "timeout", "max_exec_time", "queue", "info",
+    )
     host: str
     procedure: str
-    arguments: Arguments = field(default_factory=list)
-    timeout: Optional[float] = None
-    max_exec_time: Optional[float] = None
-    queue: Optional[QueueSpec] = None
-    info: Any = None
+    arguments: Arguments
+    timeout: Optional[float]
+    max_exec_time: Optional[float]
+    queue: Optional[QueueSpec]
+    info: Any
+
+    def __init__(
+        self,
+        host: str,
+        procedure: str,
+        arguments: Optional[Arguments] = None,
+        timeout: Optional[float] = None,
+        max_exec_time: Optional[float] = None,
+        queue: Optional[QueueSpec] = None,
+        info: Any = None,
+    ) -> None:
+        _set(self, "host", host)
+        _set(self, "procedure", procedure)
+        _set(self, "arguments", [] if arguments is None else arguments)
+        _set(self, "timeout", timeout)
+        _set(self, "max_exec_time", max_exec_time)
+        _set(self, "queue", queue)
+        _set(self, "info", info)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -171,22 +195,29 @@ class CallRequest:
         )
 
 
-@dataclass(frozen=True)
-class CancelRequest:
+class CancelRequest(Record):
     """Stop a queued or running job."""
 
+    __slots__ = _fields = ("job_id",)
     job_id: str
+
+    def __init__(self, job_id: str) -> None:
+        _set(self, "job_id", job_id)
 
     def to_json(self) -> Dict[str, Any]:
         return {"harpcaller": PROTOCOL_VERSION, "cancel": self.job_id}
 
 
-@dataclass(frozen=True)
-class GetResultRequest:
+class GetResultRequest(Record):
     """Ask for a job's end; ``wait=None`` leaves the field out of the line."""
 
+    __slots__ = _fields = ("job_id", "wait")
     job_id: str
-    wait: Optional[bool] = True
+    wait: Optional[bool]
+
+    def __init__(self, job_id: str, wait: Optional[bool] = True) -> None:
+        _set(self, "job_id", job_id)
+        _set(self, "wait", wait)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"harpcaller": PROTOCOL_VERSION, "get_result": self.job_id}
@@ -195,22 +226,31 @@ class GetResultRequest:
         return out
 
 
-@dataclass(frozen=True)
-class GetStatusRequest:
+class GetStatusRequest(Record):
     """Ask for a job's call, times and info."""
 
+    __slots__ = _fields = ("job_id",)
     job_id: str
+
+    def __init__(self, job_id: str) -> None:
+        _set(self, "job_id", job_id)
 
     def to_json(self) -> Dict[str, Any]:
         return {"harpcaller": PROTOCOL_VERSION, "get_status": self.job_id}
 
 
-@dataclass(frozen=True)
-class _StreamRequest:
+class _StreamRequest(Record):
+    __slots__ = _fields = ("job_id", "since", "recent")
     job_id: str
-    since: Optional[int] = None
-    recent: Optional[int] = None
+    since: Optional[int]
+    recent: Optional[int]
     _operation = ""
+
+    def __init__(self, job_id: str, since: Optional[int] = None, recent: Optional[int] = None) -> None:
+        _set(self, "job_id", job_id)
+        _set(self, "since", since)
+        _set(self, "recent", recent)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if self.since is not None and self.recent is not None:
@@ -229,16 +269,18 @@ class _StreamRequest:
         return out
 
 
-@dataclass(frozen=True)
 class FollowStreamRequest(_StreamRequest):
     """Packets from a point (default: only new ones), live, then the end."""
+
+    __slots__ = ()
 
     _operation = "follow_stream"
 
 
-@dataclass(frozen=True)
 class ReadStreamRequest(_StreamRequest):
     """Packets recorded so far (default: all), then the end or ``continue``."""
+
+    __slots__ = ()
 
     _operation = "read_stream"
 
@@ -282,37 +324,61 @@ def parse_request(value: Any) -> Request:
 # ----------------------------------------------------------------- replies
 
 
-@dataclass(frozen=True)
-class CallAccepted:
+class CallAccepted(Record):
     """The call was registered as job ``job_id``."""
 
+    __slots__ = _fields = ("job_id",)
     job_id: str
+
+    def __init__(self, job_id: str) -> None:
+        _set(self, "job_id", job_id)
 
     def to_json(self) -> Dict[str, Any]:
         return {"harpcaller": PROTOCOL_VERSION, "job_id": self.job_id}
 
 
-@dataclass(frozen=True)
-class CancelReply:
+class CancelReply(Record):
     """Whether a queued or running job was stopped."""
 
+    __slots__ = _fields = ("cancelled",)
     cancelled: bool
+
+    def __init__(self, cancelled: bool) -> None:
+        _set(self, "cancelled", cancelled)
 
     def to_json(self) -> Dict[str, Any]:
         return {"cancelled": self.cancelled}
 
 
-@dataclass(frozen=True)
-class StatusReply:
+class StatusReply(Record):
     """A job's call, its integer Unix times and its opaque ``info``."""
 
+    __slots__ = _fields = ("host", "procedure", "arguments", "submit", "start", "end", "info")
     host: str
     procedure: str
     arguments: Arguments
     submit: int
     start: Optional[int]
     end: Optional[int]
-    info: Any = None
+    info: Any
+
+    def __init__(
+        self,
+        host: str,
+        procedure: str,
+        arguments: Arguments,
+        submit: int,
+        start: Optional[int],
+        end: Optional[int],
+        info: Any = None,
+    ) -> None:
+        _set(self, "host", host)
+        _set(self, "procedure", procedure)
+        _set(self, "arguments", arguments)
+        _set(self, "submit", submit)
+        _set(self, "start", start)
+        _set(self, "end", end)
+        _set(self, "info", info)
 
     def to_json(self) -> Dict[str, Any]:
         return {
@@ -322,12 +388,16 @@ class StatusReply:
         }
 
 
-@dataclass(frozen=True)
-class Packet:
+class Packet(Record):
     """Stream packet ``number`` (counted from 0 over the whole job)."""
 
+    __slots__ = _fields = ("number", "data")
     number: int
     data: Any
+
+    def __init__(self, number: int, data: Any) -> None:
+        _set(self, "number", number)
+        _set(self, "data", data)
 
     def to_json(self) -> Dict[str, Any]:
         return {"packet": self.number, "data": self.data}

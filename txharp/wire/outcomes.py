@@ -7,10 +7,10 @@ error lines), so one set of types serves both.  The dispatcher protocol adds
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Union
 
 from txharp.errors import MalformedMessage, RemoteError, RemoteException
+from txharp.wire._record import Record, _set
 
 __all__ = [
     "ResultReply",
@@ -32,23 +32,31 @@ def require_object(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
-@dataclass(frozen=True)
-class ResultReply:
+class ResultReply(Record):
     """The procedure returned ``value``."""
 
+    __slots__ = _fields = ("value",)
     value: Any
+
+    def __init__(self, value: Any) -> None:
+        _set(self, "value", value)
 
     def to_json(self) -> Dict[str, Any]:
         return {"result": self.value}
 
 
-@dataclass(frozen=True)
-class _FailureFields:
+class _FailureFields(Record):
     """``{"type": T, "message": M, "data": D}``; ``data`` is left out when None."""
 
+    __slots__ = _fields = ("type", "message", "data")
     type: str
     message: str
-    data: Optional[Any] = None
+    data: Optional[Any]
+
+    def __init__(self, type: str, message: str, data: Optional[Any] = None) -> None:
+        _set(self, "type", type)
+        _set(self, "message", message)
+        _set(self, "data", data)
 
     def fields(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"type": self.type, "message": self.message}
@@ -57,9 +65,10 @@ class _FailureFields:
         return out
 
 
-@dataclass(frozen=True)
 class ExceptionReply(_FailureFields):
     """The procedure raised; ``type`` is the exception's name."""
+
+    __slots__ = ()
 
     def to_json(self) -> Dict[str, Any]:
         return {"exception": self.fields()}
@@ -69,9 +78,10 @@ class ExceptionReply(_FailureFields):
         return RemoteException(self.type, self.message, self.data)
 
 
-@dataclass(frozen=True)
 class ErrorReply(_FailureFields):
     """An operational error (no such host, timeout, auth, invalid request...)."""
+
+    __slots__ = ()
 
     def to_json(self) -> Dict[str, Any]:
         return {"error": self.fields()}
@@ -85,25 +95,28 @@ class ErrorReply(_FailureFields):
         return {"harp": 1, "error": self.fields()}
 
 
-@dataclass(frozen=True)
-class CancelledReply:
+class CancelledReply(Record):
     """The job was cancelled before it ended."""
+
+    __slots__ = ()
 
     def to_json(self) -> Dict[str, Any]:
         return {"cancelled": True}
 
 
-@dataclass(frozen=True)
-class NoResultReply:
+class NoResultReply(Record):
     """``get_result`` without waiting: the job has not ended yet."""
+
+    __slots__ = ()
 
     def to_json(self) -> Dict[str, Any]:
         return {"no_result": True}
 
 
-@dataclass(frozen=True)
-class ContinueReply:
+class ContinueReply(Record):
     """``read_stream`` of a job that has not ended: more packets may come."""
+
+    __slots__ = ()
 
     def to_json(self) -> Dict[str, Any]:
         return {"continue": True}
