@@ -382,14 +382,34 @@ def mode_direct(args: argparse.Namespace) -> Dict[str, Any]:
     server_name = args.server_name or backend[0]
     session: List[Optional[ssl.SSLSession]] = [None]
 
+    def request(i: int) -> bytes:
+        return _line({"harp": 1, "procedure": "echo", "arguments": [i],
+                      "auth": {"user": args.user, "password": args.password}})
+
+    def check(i: int, data: bytes) -> None:
+        lines = data.splitlines()
+        if len(lines) != 2:
+            raise Failed(f"expected 2 lines, got {lines!r}")
+        ack, result = json.loads(lines[0]), json.loads(lines[1])
+        if ack != {"harp": 1, "stream_result": False} or result != {"result": [i]}:
+            raise Failed(f"unexpected reply {lines!r}")
+
+    async def call_async(i: int) -> None:
+        reader, writer = await asyncio.open_connection(
+            *backend, ssl=context, server_hostname=server_name)
+        try:
+            writer.write(request(i))
+            data = await reader.read(-1)
+        finally:
+            writer.close()
+        check(i, data)
+
     def call(i: int) -> None:
-        request = _line({"harp": 1, "procedure": "echo", "arguments": [i],
-                         "auth": {"user": args.user, "password": args.password}})
         with socket.create_connection(backend, timeout=30) as raw:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with context.wrap_socket(raw, server_hostname=server_name,
                                      session=session[0] if args.resume else None) as s:
-                s.sendall(request)
+                s.sendall(request(i))
                 chunks = []
                 while True:
                     try:
@@ -401,15 +421,10 @@ def mode_direct(args: argparse.Namespace) -> Dict[str, Any]:
                     chunks.append(data)
                 if args.resume:
                     session[0] = s.session
-        lines = b"".join(chunks).splitlines()
-        if len(lines) != 2:
-            raise Failed(f"expected 2 lines, got {lines!r}")
-        ack, result = json.loads(lines[0]), json.loads(lines[1])
-        if ack != {"harp": 1, "stream_result": False} or result != {"result": [i]}:
-            raise Failed(f"unexpected reply {lines!r}")
+        check(i, b"".join(chunks))
 
-    result = run_closed_loop(1, args.seconds, args.count, args.warmup, call, None)  # type: ignore[arg-type]
-    result.update(mode="direct", concurrency=1, resume=args.resume)
+    result = run_closed_loop(args.concurrency, args.seconds, args.count, args.warmup, call, call_async)
+    result.update(mode="direct", concurrency=args.concurrency, resume=args.resume)
     return result
 
 
@@ -444,6 +459,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--user", default="bench")
     p.add_argument("--password", default="bench-secret")
     p.add_argument("--resume", action="store_true", help="resume the TLS session")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="clients (above 1: asyncio, no TLS session resumption)")
     args = parser.parse_args(argv)
     result = {"calls": mode_calls, "status": mode_status, "stream": mode_stream,
               "direct": mode_direct}[args.mode](args)

@@ -185,8 +185,10 @@ class Bench:
         if self.args.backend:
             return self.args.backend
         if self.backend_process is None:
-            log("starting the backend: twistd harpd --in-process (TLS)")
-            self.backend_process = self.environment().start_backend()
+            in_process = not self.args.backend_processes
+            log("starting the backend: twistd harpd "
+                + ("--in-process (TLS)" if in_process else "(TLS, a child process per call)"))
+            self.backend_process = self.environment().start_backend(in_process)
         return f"127.0.0.1:{self.environment().backend_port}"
 
     def start_proxy(self, data_dir: str) -> str:
@@ -382,11 +384,13 @@ class Bench:
     def mode_direct(self) -> None:
         a = self.args
         ca = a.ca_file or (None if a.backend else self.environment().pki.ca_file)
-        direct = self.repeat(
-            "direct",
-            ["direct", "--backend", self.backend, *self.common(),
-             *(["--ca-file", ca] if ca else [])],
-        )
+        arguments = ["direct", "--backend", self.backend, *self.common(),
+                     *(["--ca-file", ca] if ca else [])]
+        for concurrency in [c for c in a.concurrency if c > 1]:
+            runs = self.repeat(f"direct-c{concurrency}",
+                               [*arguments, "--concurrency", str(concurrency)])
+            self.record(summary("direct", {"concurrency": concurrency}, runs))
+        direct = self.repeat("direct", arguments)
         if self.call_runs is None:
             self.call_runs = self.repeat(
                 "calls-c1",
@@ -466,11 +470,12 @@ def table(results: List[Dict[str, Any]]) -> str:
                 notes = (f"{r['bytes_per_job']:.0f} B/job on disk, RSS "
                          f"{(r.get('proxy_rss_kib_end') or 0) / 1024:.0f} MiB")
         else:
-            name = "direct harpd call C=1"
+            name = f"direct harpd call C={r['concurrency']}"
             rate = f"{r['rate']:,.0f} /s"
-            over = r.get("overhead_ms", {})
-            notes = (f"proxy overhead p50 {over.get('p50', 0):+.2f} ms,"
-                     f" p99 {over.get('p99', 0):+.2f} ms")
+            over = r.get("overhead_ms")
+            if over:
+                notes = (f"proxy overhead p50 {over['p50']:+.2f} ms,"
+                         f" p99 {over['p99']:+.2f} ms")
         rows.append((name, rate, f"{lat['p50']:.2f}" if lat else "", f"{lat['p99']:.2f}" if lat else "",
                      cpu_text, str(r["checked"]), str(r["errors"]), notes))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -536,6 +541,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--backend", metavar="HOST:PORT",
                         help="use this harpd instead of starting one (calls, stream and direct)")
     parser.add_argument("--ca-file", help="CA file to verify --backend in the direct mode")
+    parser.add_argument("--backend-processes", action="store_true",
+                        help="run the started harpd with a child process per call (as "
+                             "deployed) instead of --in-process: measures harpd's own cost")
     parser.add_argument("--host", default=servers.HOST,
                         help="host name the dispatcher knows the backend by [bench]")
     parser.add_argument("--proxy-arg", action="append", default=[],

@@ -138,12 +138,15 @@ class Environment:
             }) + "\n")
         return path
 
-    def start_backend(self) -> subprocess.Popen:
-        """``twistd -n harpd --in-process`` on :attr:`backend_port`."""
+    def start_backend(self, in_process: bool = True) -> subprocess.Popen:
+        """``twistd -n harpd`` on :attr:`backend_port`: ``--in-process`` (the fast
+        backend) or, with ``in_process=False``, one child process per call as
+        an operator runs it."""
         log = os.path.join(self.directory, "harpd.log")
+        runner = ["--in-process"] if in_process else []
         process = subprocess.Popen(
             [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile", log,
-             "harpd", "--in-process", "--max-calls", "256", "--max-waiting", "256",
+             "harpd", *runner, "--max-calls", "256", "--max-waiting", "256",
              "--config", self.harpd_config,
              "--procedures", os.path.join(HERE, "procedures.py")],
             cwd=self.directory, env=child_env(), stdin=subprocess.DEVNULL,
