@@ -65,8 +65,9 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertEqual(status["stored_jobs"], 1000)
         self.assertGreater(status["bytes_per_job"], 0)
         self.assertGreater(status["proxy_rss_kib_end"], 0)
-        direct = by_mode["direct"][0]
-        self.assertEqual(set(direct["overhead_ms"]), {"p50", "p99"})
+        direct = {r["concurrency"]: r for r in by_mode["direct"]}
+        self.assertEqual(set(direct), {1, 4})
+        self.assertEqual(set(direct[1]["overhead_ms"]), {"p50", "p99"})
         # The table is printed for people.
         self.assertIn("measurement", stderr)
         self.assertIn("calls C=1", stderr)
