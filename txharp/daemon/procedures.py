@@ -45,6 +45,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    TypeVar,
     Union,
     overload,
 )
@@ -212,10 +213,7 @@ def procedure(
 ) -> Union[Procedure, Callable[[Callable[..., Any]], Procedure]]:
     """Expose ``function``; use bare (``@procedure``) or with options
     (``@procedure(timeout=10, uid="nobody", gid=["nogroup", "adm"])``)."""
-    _check_options(timeout, uid, gid)
-    if function is None:
-        return lambda f: Procedure(f, timeout=timeout, uid=uid, gid=gid)
-    return Procedure(function, timeout=timeout, uid=uid, gid=gid)
+    return _expose(Procedure, function, timeout, uid, gid)
 
 
 @overload
@@ -239,10 +237,24 @@ def streaming_procedure(
 ) -> Union[StreamingProcedure, Callable[[Callable[..., Any]], StreamingProcedure]]:
     """Expose the generator ``function`` as a streaming procedure; same options
     as :func:`procedure`."""
+    return _expose(StreamingProcedure, function, timeout, uid, gid)
+
+
+P = TypeVar("P", bound=Procedure)
+
+
+def _expose(
+    kind: Callable[..., P],
+    function: Optional[Callable[..., Any]],
+    timeout: Optional[float],
+    uid: Optional[UserSpec],
+    gid: Optional[GroupSpec],
+) -> Union[P, Callable[[Callable[..., Any]], P]]:
+    """What both decorators do: wrap ``function`` now, or return the decorator."""
     _check_options(timeout, uid, gid)
     if function is None:
-        return lambda f: StreamingProcedure(f, timeout=timeout, uid=uid, gid=gid)
-    return StreamingProcedure(function, timeout=timeout, uid=uid, gid=gid)
+        return lambda f: kind(f, timeout=timeout, uid=uid, gid=gid)
+    return kind(function, timeout=timeout, uid=uid, gid=gid)
 
 
 class ProcedureLoadError(Exception):
