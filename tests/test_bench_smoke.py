@@ -71,3 +71,16 @@ class BenchSmokeTests(SynchronousTestCase):
         # The table is printed for people.
         self.assertIn("measurement", stderr)
         self.assertIn("calls C=1", stderr)
+
+    def test_store_benchmark(self) -> None:
+        """``bench/store.py`` with tiny counts: every write is committed and counted."""
+        completed = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "bench", "store.py"),
+             "--jobs", "200", "--packets", "300", "--sequential", "20"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
+        )
+        self.assertEqual(completed.returncode, 0, completed.stderr.decode(errors="replace")[-3000:])
+        lines = completed.stdout.decode().splitlines()
+        self.assertEqual([line.split()[0] for line in lines], ["create+end", "append", "one"])
+        self.assertIn(" 200 jobs", lines[0])
+        self.assertIn(" 300 packets", lines[1])
