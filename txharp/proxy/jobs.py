@@ -374,7 +374,7 @@ class Job:
         encoded = RawJSON(encode_json(data))  # once, for the line and for the store
         line = packet_line(number, encoded)
         write = self._manager.store.append_packet(self.job_id, number, encoded)
-        self._pipeline.add(write, lambda failure: self._packet_written(failure, number, line))
+        self._pipeline.add(write, lambda failure: self._packets_written(failure, number, [line]))
         if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
             self._reading_paused = True
             self._run.pauseReading()
@@ -445,22 +445,8 @@ class Job:
         if failure is not None:
             self._store_failed(failure)
 
-    def _packet_written(self, failure: Optional[Failure], number: int, line: bytes) -> None:
-        if failure is not None:
-            self._store_failed(failure)
-            return
-        if self._reading_paused and len(self._pipeline) <= PENDING_LOW and self._run is not None:
-            self._reading_paused = False
-            self._run.resumeReading()
-        if number != self._committed:  # an earlier packet was refused
-            return
-        self._committed = number + 1
-        self._cache.add(number, line)
-        for watcher in list(self._watchers):
-            watcher.packets_available()
-
     def _packets_written(self, failure: Optional[Failure], first: int, lines: List[bytes]) -> None:
-        """:meth:`_packet_written` for the packets of one :meth:`stream_many`."""
+        """Packets ``first``... are committed: cache and announce them, in order."""
         if failure is not None:
             self._store_failed(failure)
             return
