@@ -376,6 +376,9 @@ class _Running:
     def __init__(self) -> None:
         self.paused = False
 
+    def release(self) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -463,9 +466,13 @@ class RelayChunkTests(SynchronousTestCase):
         self.events: List[Any] = []
         events = self.events
 
+        from txharp.proxy.hosts import HostEntry
+        from txharp.wire import CallRequest
+
         class FakeJob:
             job_id = "j"
             timeout = 10.0
+            call = CallRequest("h", "stream", [])
 
             def stream_many(self, datas: List[Any]) -> None:
                 events.append(("packets", list(datas)))
@@ -474,7 +481,17 @@ class RelayChunkTests(SynchronousTestCase):
                 events.append(("finish", outcome))
                 return True
 
-        self.call = _Call(FakeJob(), "127.0.0.1:1", "127.0.0.1")
+        class FakeExchange:
+            class protocol:
+                @staticmethod
+                def send(request: Any) -> None:
+                    events.append(("sent", request.procedure))
+
+        self.call = _Call(FakeJob(), HostEntry("h", "127.0.0.1", 1, "u", "p"), "127.0.0.1:1",
+                          lambda call, request: FakeExchange())
+        self.call.release()
+        self.assertEqual(events, [("sent", "stream")])
+        del events[:]
 
     def test_chunk(self) -> None:
         from txharp.wire import Acknowledgement

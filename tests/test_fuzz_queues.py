@@ -123,6 +123,9 @@ class Relay:
         relay = self
 
         class Handle:
+            def release(self) -> None:
+                pass
+
             def stop(self) -> None:
                 relay.stopped.append(job.job_id)
                 relay.running.pop(job.job_id, None)

@@ -379,6 +379,9 @@ class FinishingRelay:
         job.finish(ResultReply(job.call.arguments))
         return self
 
+    def release(self) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -544,6 +547,9 @@ class KeepRunningRelay:
     def run(self, job: Any) -> Any:
         self.jobs.append(job)
         return self
+
+    def release(self) -> None:
+        pass
 
     def stop(self) -> None:
         pass

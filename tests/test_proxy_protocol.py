@@ -37,6 +37,10 @@ class FakeCall:
         self.job = job
         self.stopped = False
         self.paused = False
+        self.released = False
+
+    def release(self) -> None:
+        self.released = True
 
     def stop(self) -> None:
         self.stopped = True
@@ -696,14 +700,40 @@ class DurabilityTests(SynchronousTestCase):
         self.store = self.proxy.store
 
     def test_call_ack_after_create_committed(self) -> None:
+        """A job that can start is dialled at once, its start in its record;
+        the call reaches the daemon, and the job ID the client, only once
+        that record has committed."""
         self.store.holding = True
         connection = self.proxy.request(V.CLIENT_CALL_POSITIONAL)
         self.assertEqual(connection.output(), b"")
         self.assertEqual(self.store.pending(), ["create_job"])
-        self.assertEqual(self.proxy.relay.order, [])
+        self.assertEqual(self.proxy.relay.order, [job_id(1)])
+        self.assertFalse(self.proxy.relay.calls[job_id(1)].released)
         self.store.release()
         self.assertEqual(connection.lines(), [{"harpcaller": 1, "job_id": job_id(1)}])
-        self.assertEqual(self.proxy.relay.order, [job_id(1)])
+        self.assertTrue(self.proxy.relay.calls[job_id(1)].released)
+        self.assertEqual(self.store.pending(), [])  # no separate mark_started
+        status = self.proxy.status(job_id(1))
+        self.assertEqual(status["time"]["start"], status["time"]["submit"])
+
+    def test_queued_job_not_dialled_before_it_starts(self) -> None:
+        first = self.proxy.call(queue={"name": {"q": 1}})
+        self.store.holding = True
+        connection = self.proxy.request(json.dumps({
+            "harpcaller": 1, "host": "h1", "procedure": "echo", "arguments": [2],
+            "queue": {"name": {"q": 1}}}).encode() + b"\n")
+        self.store.release()
+        second = connection.lines()[0]["job_id"]
+        self.assertEqual(self.proxy.relay.order, [first])
+        self.assertIsNone(self.proxy.status(second)["time"]["start"])
+        self.store.holding = True
+        self.proxy.relay.calls[first].job.finish(ResultReply(1))
+        # The slot frees as the first job ends: the second, recorded long
+        # ago, starts with its start written and its call sent at once.
+        self.assertEqual(self.store.pending(), ["mark_started", "end_job"])
+        self.assertTrue(self.proxy.relay.calls[second].released)
+        self.store.release()
+        self.assertIsNotNone(self.proxy.status(second)["time"]["start"])
 
     def test_packets_reach_followers_after_commit_in_order(self) -> None:
         job = self.proxy.call()
@@ -804,7 +834,31 @@ class DurabilityTests(SynchronousTestCase):
         out.errback(StoreError("disk full"))
         self.assertEqual(connection.lines(), [{"error": {
             "type": "os_error", "message": "job store failed", "data": {"reason": "disk full"}}}])
-        self.assertEqual(self.proxy.relay.order, [])
+        # Dialled while the record was written, never sent, then closed.
+        call = self.proxy.relay.calls[job_id(1)]
+        self.assertFalse(call.released)
+        self.assertTrue(call.stopped)
+        self.assertEqual(self.store.pending(), [])
+        self.assertEqual(self.proxy.manager.live_jobs(), [])
+        self.flushLoggedErrors(StoreError)
+
+    def test_create_failure_after_immediate_end(self) -> None:
+        """An unknown host ends its job before the record commits; if that
+        record is then refused, the end is let go: no retries, no job."""
+        def unknown_host(job: Job) -> None:
+            job.finish(ErrorReply("unknown_host", "host unknown", {"host": "h1"}))
+
+        self.proxy.relay.on_run = unknown_host
+        self.store.holding = True
+        connection = self.proxy.request(V.CLIENT_CALL_POSITIONAL)
+        self.assertEqual(self.store.pending(), ["create_job", "end_job"])
+        (_, _, create), (_, _, end) = self.store.held
+        self.store.held = []
+        create.errback(StoreError("disk full"))
+        end.errback(StoreError("no such job"))
+        self.assertIn(b'"job store failed"', connection.output())
+        self.assertEqual(self.proxy.manager.live_jobs(), [])
+        self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
         self.flushLoggedErrors(StoreError)
 
 
@@ -854,7 +908,9 @@ class LifecycleTests(SynchronousTestCase):
         proxy.store.holding = False
         proxy.store.release()
         job = connection.lines()[0]["job_id"]
-        self.assertEqual(proxy.relay.order, [])
+        # Dialled while its record was written, but its call was never sent.
+        self.assertFalse(proxy.relay.calls[job].released)
+        self.assertTrue(proxy.relay.calls[job].stopped)
         self.assertIn(b'"shutdown"', proxy.result(job))
 
     def test_prune_keeps_live_jobs(self) -> None:

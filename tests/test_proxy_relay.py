@@ -282,3 +282,130 @@ class RelayTests(SynchronousTestCase):
         self.assertTrue(events)
         for event in events:
             self.assertNotIn("s3cret", json.dumps(event, default=repr))
+
+
+class HeldCreate:
+    """A store whose ``create_job`` commits only when the test says so."""
+
+    def __init__(self, inner: SQLiteJobStore) -> None:
+        self.inner = inner
+        self.held: List[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def create_job(self, record: Any) -> "Deferred[None]":
+        committed: Deferred[None] = Deferred()
+        self.held.append((self.inner.create_job(record), committed))
+        return committed
+
+    def commit(self, error: Optional[Exception] = None) -> None:
+        held, self.held = self.held, []
+        for write, committed in held:
+            if error is None:
+                write.chainDeferred(committed)
+            else:
+                committed.errback(error)
+
+
+class ScriptedEndpoint:
+    """Each connection attempt does the next thing it was told: connect (to
+    a new StringTransport), fail with an error, or hang."""
+
+    def __init__(self, *script: Any) -> None:
+        self.script = list(script)
+        self.connections: List[Any] = []  # (protocol, transport)
+
+    def connect(self, factory: IProtocolFactory) -> "Deferred[Any]":
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            return fail(step)
+        if step == "hang":
+            return Deferred()
+        protocol, transport = factory.buildProtocol(None), StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+class EarlyDialTests(SynchronousTestCase):
+    """A job that starts at once is dialled while its record is written;
+    its call goes out only once the record has committed."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        sqlite = SQLiteJobStore(":memory:", threaded=False)
+        self.successResultOf(sqlite.open())
+        self.addCleanup(sqlite.close)
+        self.store = HeldCreate(sqlite)
+        self.endpoint = ScriptedEndpoint()
+        hosts = Hosts(HostEntry("h1", "192.0.2.10", 4306, "alice", "s3cret"))
+        self.relay = HarpdRelay(hosts, ClientTLSPolicy(), self.clock, dial=lambda entry: self.endpoint)
+        self.manager = JobManager(self.store, self.relay, self.clock, Limits(default_timeout=10, max_exec_time=60))
+
+    def submit(self, **options: Any) -> "Deferred[Any]":
+        return self.manager.submit(CallRequest("h1", "echo", [1], **options))
+
+    def outcome(self, job: str) -> Any:
+        return self.successResultOf(self.manager.result(job, wait=False))
+
+    def test_call_sent_once_recorded(self) -> None:
+        self.endpoint.script = ["connect"]
+        accepted = self.submit()
+        [(protocol, transport)] = self.endpoint.connections
+        self.assertEqual(transport.value(), b"")
+        self.assertNoResult(accepted)
+        self.store.commit()
+        job = self.successResultOf(accepted).job_id
+        self.assertIn(b'"procedure":"echo"', transport.value())
+        protocol.dataReceived(V.HARPD_ACK + b'{"result": 1}\n')
+        self.assertEqual(self.outcome(job), ResultReply(1))
+
+    def test_early_connection_failed_dialled_again(self) -> None:
+        """Refused, closed by the daemon, timed out or spoken to before the
+        call: the job does not inherit that; its call gets a new connection."""
+        for spoil in ("refused", "closed", "line", "timeout"):
+            if spoil == "refused":
+                self.endpoint.script = [ConnectionRefusedError(), "connect"]
+            elif spoil == "timeout":
+                self.endpoint.script = ["hang", "connect"]
+            else:
+                self.endpoint.script = ["connect", "connect"]
+            self.endpoint.connections = []
+            accepted = self.submit(timeout=2)
+            if spoil == "closed":
+                self.endpoint.connections[0][0].connectionLost(Failure(ConnectionDone()))
+            elif spoil == "line":
+                self.endpoint.connections[0][0].dataReceived(
+                    b'{"harp": 1, "error": {"type": "timeout", "message": "idle"}}\n')
+                self.assertTrue(self.endpoint.connections[0][1].disconnecting)
+            elif spoil == "timeout":
+                self.clock.advance(2)
+            self.store.commit()
+            job = self.successResultOf(accepted).job_id
+            protocol, transport = self.endpoint.connections[-1]
+            self.assertIn(b'"procedure":"echo"', transport.value(), spoil)
+            protocol.dataReceived(V.HARPD_ACK + b'{"result": 1}\n')
+            self.assertEqual(self.outcome(job), ResultReply(1), spoil)
+            self.assertEqual(self.endpoint.script, [], spoil)
+
+    def test_failure_after_release_is_the_jobs(self) -> None:
+        self.endpoint.script = ["connect", "connect"]
+        accepted = self.submit()
+        self.store.commit()
+        job = self.successResultOf(accepted).job_id
+        self.endpoint.connections[0][0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.outcome(job).type, "network_error")
+        self.assertEqual(self.endpoint.script, ["connect"])  # not dialled again
+
+    def test_record_refused_closes_connection_unsent(self) -> None:
+        self.endpoint.script = ["connect"]
+        accepted = self.submit()
+        self.store.commit(OSError("disk full"))
+        self.assertEqual(self.successResultOf(accepted).type, "os_error")
+        [(_, transport)] = self.endpoint.connections
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertEqual(self.manager.live_jobs(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.flushLoggedErrors(OSError)

@@ -252,6 +252,10 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
     ``handshake_timeout``: it bounds the time from the TCP connection to
     ``handshakeCompleted`` (a silent peer otherwise holds the call for
     ever when ``idle_timeout`` is None); the idle clock starts after it.
+
+    ``request=None`` connects without sending: :meth:`send` sends the
+    request later (harp-proxy dials a daemon while the job is being
+    recorded, and sends the call only once it is).
     """
 
     def __init__(
@@ -268,7 +272,7 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
         handshake_timeout: Optional[float] = None,
     ) -> None:
         super().__init__(max_line_length)
-        self._request = encode_line(_wire_value(request))
+        self._request: Optional[bytes] = None if request is None else encode_line(_wire_value(request))
         self._reader = reader
         self._listener = listener
         self._clock = clock
@@ -286,7 +290,8 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
-        self.transport.write(self._request)
+        if self._request is not None:
+            self.transport.write(self._request)
         self._handshaking = self._handshake_timeout is not None
         self._arm_timer()
 
@@ -339,6 +344,14 @@ class ClientConversation(JSONLinesProtocol, Generic[T]):
             self._end(self._explain(reason, self._peer))
 
     # -- control from the API side
+
+    def send(self, request: Any) -> None:
+        """Send the request of a conversation made without one (once)."""
+        if self._request is not None:
+            raise RuntimeError("this conversation's request was already given")
+        self._request = encode_line(_wire_value(request))
+        if self.transport is not None and not self._ended:
+            self.transport.write(self._request)
 
     def cancel(self) -> None:
         """Stop the conversation: the listener sees CancelledError."""

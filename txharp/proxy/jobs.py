@@ -168,6 +168,9 @@ class Limits:
 class RunningCall(TypingProtocol):
     """A call the relay is carrying out."""
 
+    def release(self) -> None:
+        """Send the call to the daemon: the job's record is durable now."""
+
     def stop(self) -> None:
         """Close the daemon connection; idempotent, no report to the job."""
 
@@ -181,8 +184,11 @@ class RunningCall(TypingProtocol):
 class Relay(TypingProtocol):
     """Carries a job's call to its daemon and reports back to the job.
 
-    ``run`` reports with :meth:`Job.stream` and ends with :meth:`Job.finish`
-    (possibly before it returns, e.g. for an unknown host).
+    ``run`` may connect at once, but sends the call only when told to by
+    :meth:`RunningCall.release` (a job may start while its record is still
+    being written).  It reports with :meth:`Job.stream` and ends with
+    :meth:`Job.finish` (possibly before it returns, e.g. for an unknown
+    host).
     """
 
     def run(self, job: "Job") -> RunningCall: ...
@@ -315,6 +321,8 @@ class Job:
         self.timeout = manager.limits.timeout_for(call)
         self.max_exec_time = manager.limits.max_exec_time_for(call)
         self.phase = Phase.QUEUED
+        self.recorded = False  # the job's record has committed
+        self._abandoned = False  # ... or was refused (see abandon)
         self.start: Optional[int] = None
         self.end: Optional[int] = None
         self._decided: Optional[Outcome] = None
@@ -337,7 +345,12 @@ class Job:
     # ------------------------------------------------------- transitions
 
     def begin(self) -> None:
-        """QUEUED → RUNNING: record the start, arm ``max_exec_time``, relay the call."""
+        """QUEUED → RUNNING: record the start, arm ``max_exec_time``, relay the call.
+
+        A job that starts as it is submitted has its start in its record
+        (see :meth:`JobManager.submit`), and its call is held by the relay
+        until that record has committed (:meth:`record_committed`).
+        """
         if self.phase is not Phase.QUEUED:
             return
         manager = self._manager
@@ -346,8 +359,11 @@ class Job:
             return
         self.phase = Phase.RUNNING
         self._started_at = manager.clock.seconds()
-        self.start = int(self._started_at)
-        self._pipeline.add(manager.store.mark_started(self.job_id, self.start), self._written)
+        if self.recorded:
+            self.start = int(self._started_at)
+            self._pipeline.add(manager.store.mark_started(self.job_id, self.start), self._written)
+        else:
+            self.start = self.submit
         self._deadline = manager.clock.callLater(self.max_exec_time, self._deadline_passed)
         log.info(
             "job {job_id} started: {host} {procedure}",
@@ -360,10 +376,31 @@ class Job:
             log.failure("job {job_id}: the relay failed", failure, job_id=self.job_id)
             self.finish(ErrorReply("system_error", "internal error", {"reason": failure.getErrorMessage()}))
             return
-        if self.phase is Phase.RUNNING:
-            self._run = run
-        else:
+        if self.phase is not Phase.RUNNING:
             run.stop()
+            return
+        self._run = run
+        if self.recorded:
+            run.release()
+
+    def record_committed(self) -> None:
+        """The job's record is durable: a call held until now goes to the daemon."""
+        self.recorded = True
+        if self._run is not None:
+            self._run.release()
+
+    def abandon(self) -> None:
+        """The job's record was refused: stop it and write nothing more.
+
+        Nobody knows the job's id (its submitter gets the store's error), so
+        nobody waits for it; an end already being written is let go.
+        """
+        self._abandoned = True
+        if self.phase is not Phase.ENDED:
+            self._stop_running()
+            self.phase = Phase.ENDED
+        if self._end_retry is not None and self._end_retry.active():
+            self._end_retry.cancel()
 
     def stream(self, data: Any) -> None:
         """A packet from the daemon: record it, then hand it to followers."""
@@ -417,15 +454,19 @@ class Job:
         self.phase = Phase.ENDING
         self._decided = outcome
         self.end = int(manager.clock.seconds())
+        self._stop_running()
+        self._record_end()
+        return True
+
+    def _stop_running(self) -> None:
+        """Disarm the deadline, close the daemon connection, free the queue slot."""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
         run, self._run = self._run, None
         if run is not None:
             run.stop()
-        manager.queues.leave(self)
-        self._record_end()
-        return True
+        self._manager.queues.leave(self)
 
     def _record_end(self) -> None:
         self._end_retry = None
@@ -483,6 +524,8 @@ class Job:
         shuts down with the store still refusing is the job given up, as
         ``missing_result`` -- what a restart would read for it anyway.
         """
+        if self._abandoned:
+            return
         if failure is not None:
             log.failure("job {job_id}: recording its end failed", failure, job_id=self.job_id)
             if not self._manager.closing:
@@ -627,26 +670,38 @@ class JobManager:
     # ---------------------------------------------------------- requests
 
     def submit(self, call: CallRequest) -> "Deferred[Union[CallAccepted, ErrorReply]]":
-        """Record a new job, then queue or start it; the reply once it is durable."""
+        """Record a new job and queue or start it; the reply once the record is durable.
+
+        A job its queue lets start at once starts now, with its start in
+        its record: the relay dials the daemon while the record is being
+        written, and sends the call once it has committed.  Its later
+        writes (an end, if the host is unknown) are queued behind the
+        record's, so the store always sees them in order.
+        """
         job_id = self._new_id()
         submit = int(self.clock.seconds())
         job = Job(self, job_id, call, submit)
+        starts_now = not self._closing and self.queues.has_room(call.queue)
+        record = JobRecord.from_call(job_id, call, submit, start=submit if starts_now else None)
+        creating = self.store.create_job(record)
+        if not self._closing:
+            self.queues.submit(job, call.queue)
 
         def created(_: None) -> CallAccepted:
-            self._active[job_id] = job
+            if job.phase is not Phase.ENDED:  # a store that answers at once may have ended it
+                self._active[job_id] = job
             if self._closing:
                 job.finish(SHUTDOWN)
-            else:
-                self.queues.submit(job, call.queue)
+            job.record_committed()
             return CallAccepted(job_id)
 
         def refused(failure: Failure) -> ErrorReply:
-            log.failure("cannot record a new job for {host} {procedure}", failure,
-                        host=loggable(call.host), procedure=loggable(call.procedure))
+            job.abandon()
+            log.failure("cannot record new job {job_id} for {host} {procedure}", failure,
+                        job_id=job_id, host=loggable(call.host), procedure=loggable(call.procedure))
             return store_failure(failure)
 
-        record = JobRecord.from_call(job_id, call, submit)
-        return self.store.create_job(record).addCallbacks(created, refused)
+        return creating.addCallbacks(created, refused)
 
     def cancel(self, job_id: str) -> "Deferred[bool]":
         """Stop a queued or running job; True once its cancellation committed."""

@@ -74,6 +74,13 @@ class QueueRegistry:
         self._membership[member] = queue
         self._pump(key, queue)
 
+    def has_room(self, spec: Optional[QueueSpec]) -> bool:
+        """Whether a member submitted now with ``spec`` would begin at once."""
+        if spec is None:
+            return True
+        queue = self._queues.get(queue_key(spec.name))
+        return queue is None or (not queue.waiting and len(queue.running) < queue.concurrency)
+
     def leave(self, member: QueueMember) -> None:
         """``member`` ended: free its slot or its place in line."""
         queue = self._membership.pop(member, None)

@@ -9,6 +9,13 @@ or any failure becomes :meth:`Job.finish`.  The job's ``timeout`` bounds the
 connection attempt, the wait for the acknowledgement and every gap between
 later lines; ``max_exec_time`` is the job's own timer.
 
+A job that starts as it is submitted is dialled at once, while its record
+is being committed, but its call is sent only on ``release()``, once the
+record is durable: a daemon never runs a call the proxy might not know of.
+A connection that fails before the call was sent (the daemon closed it, or
+refused it) is dialled again on release, so the error the job ends with is
+always that of a connection that carried its call.
+
 Errors a job ends with because of the relay
 -------------------------------------------
 Every failure is an ``{"error": {"type", "message", "data"}}`` outcome with
@@ -102,7 +109,10 @@ class _Failed(CommunicationError):
 
 
 class _NothingRunning:
-    """The call never got a connection: nothing to stop or pause."""
+    """The call never got a connection: nothing to send, stop or pause."""
+
+    def release(self) -> None:
+        pass
 
     def stop(self) -> None:
         pass
@@ -115,36 +125,60 @@ class _NothingRunning:
 
 
 class _Call:
-    """One job's exchange with its daemon: the listener and the handle to stop it."""
+    """One job's exchange with its daemon: the listener and the handle to stop it.
 
-    def __init__(self, job: Job, address: str, hostname: str) -> None:
+    Dialled before its call is sent (see the module documentation): until
+    :meth:`release`, a failed connection is only remembered, and release
+    dials again.
+    """
+
+    def __init__(self, job: Job, entry: HostEntry, address: str,
+                 open_exchange: Callable[["_Call", Optional[DaemonRequest]], Exchange[DaemonReply]]) -> None:
         self._job = job
+        self._request = DaemonRequest(job.call.procedure, job.call.arguments, entry.user, entry.password)
         self._address = address
-        self._hostname = hostname
+        self._hostname = entry.address
+        self._open_exchange = open_exchange
+        self._released = False
+        self._dropped = False  # the connection dialled early ended before release
         self._acknowledged = False
         self._over = False
         self._packets: List[Any] = []  # stream packets of the chunk being read
-        self.exchange: Optional[Exchange[DaemonReply]] = None
+        self.exchange = open_exchange(self, None)
 
     # ---------------------------------------------------- RunningCall
+
+    def release(self) -> None:
+        """Send the call: over the connection dialled early, or a new one if that one failed."""
+        if self._released or self._over:
+            return
+        self._released = True
+        if self._dropped:
+            self.exchange = self._open_exchange(self, self._request)
+        else:
+            self.exchange.protocol.send(self._request)
 
     def stop(self) -> None:
         if not self._over:
             self._over = True
-            assert self.exchange is not None
             self.exchange.cancel()
 
     def pauseReading(self) -> None:
-        if not self._over and self.exchange is not None:
+        if not self._over:
             self.exchange.protocol.pauseReading()
 
     def resumeReading(self) -> None:
-        if not self._over and self.exchange is not None:
+        if not self._over:
             self.exchange.protocol.resumeReading()
 
     # -------------------------------------------------- ReplyListener
 
     def replyReceived(self, reply: DaemonReply) -> None:
+        if not self._released:
+            # A line before the call was sent (an idle daemon's timeout
+            # notice): this connection is no use; release dials again.
+            self.exchange.cancel()
+            return
         if isinstance(reply, StreamItem):
             # Recorded with the rest of the chunk (linesProcessed), in one write.
             self._packets.append(reply.data)
@@ -166,6 +200,9 @@ class _Call:
             self._job.stream_many(packets)
 
     def conversationEnded(self, reason: Optional[Failure]) -> None:
+        if not self._released:
+            self._dropped = True  # release dials again
+            return
         self._over = True
         self._record_packets()  # what arrived before the end or the failure counts
         if reason is None or reason.check(CancelledError):
@@ -268,16 +305,17 @@ class HarpdRelay:
             job.finish(ErrorReply("bad_address", "invalid host address or port number",
                                   {"host": name, "reason": str(e)}))
             return _NothingRunning()
-        call = _Call(job, address, entry.address)
-        call.exchange = Exchange(
-            endpoint,
-            DaemonRequest(job.call.procedure, job.call.arguments, entry.user, entry.password),
-            DaemonReplyReader(),
-            call,
-            clock=self._clock,
-            peer=f"{name} ({address})",
-            connect_timeout=job.timeout,
-            idle_timeout=job.timeout,
-            explain=call.explain,
-        )
-        return call
+        def open_exchange(call: _Call, request: Optional[DaemonRequest]) -> Exchange[DaemonReply]:
+            return Exchange(
+                endpoint,
+                request,
+                DaemonReplyReader(),
+                call,
+                clock=self._clock,
+                peer=f"{name} ({address})",
+                connect_timeout=job.timeout,
+                idle_timeout=job.timeout,
+                explain=call.explain,
+            )
+
+        return _Call(job, entry, address, open_exchange)

@@ -170,8 +170,10 @@ class JobRecord:
     packet_count: int = 0
 
     @classmethod
-    def from_call(cls, job_id: str, call: CallRequest, submit: int) -> "JobRecord":
-        """The record of a call just accepted as job ``job_id``."""
+    def from_call(
+        cls, job_id: str, call: CallRequest, submit: int, start: Optional[int] = None
+    ) -> "JobRecord":
+        """The record of a call just accepted as job ``job_id`` (``start``: if it starts at once)."""
         return cls(
             job_id=job_id,
             host=call.host,
@@ -180,6 +182,7 @@ class JobRecord:
             submit=submit,
             info=call.info,
             queue=None if call.queue is None else call.queue.name,
+            start=start,
         )
 
     @property
