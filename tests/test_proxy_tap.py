@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
@@ -137,10 +138,17 @@ node_name = "harpcaller"
                 self.parse("--hosts", self.hosts, "--config", self.write("bad.toml", text))
 
     def test_make_service(self) -> None:
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
         options = self.parse("--hosts", self.hosts, "--data-dir", os.path.join(self.directory, "data"))
         service = makeService(options)
         self.assertIsInstance(service, ProxyService)
         self.assertFalse(os.path.exists(os.path.join(self.directory, "data")))  # created when started
+        self.assertAlmostEqual(sys.getswitchinterval(), 0.0002)
+        makeService(self.parse("--hosts", self.hosts, "--switch-interval", "5"))
+        self.assertAlmostEqual(sys.getswitchinterval(), 0.005)
+        for bad in ("0", "-1", "x"):
+            with self.assertRaises(usage.UsageError, msg=bad):
+                self.parse("--hosts", self.hosts, "--switch-interval", bad)
 
 
 class PluginTests(SynchronousTestCase):

@@ -497,3 +497,29 @@ class InMemoryStoreTests(StoreBehaviourMixin, TestCase):
         self.successResultOf(store.append_packet("job-1", 0, "x" * 20000))
         self.assertEqual(self.successResultOf(store.packet_count("job-1")), 1)
         self.successResultOf(store.close())
+
+    def test_lone_statement_commits_by_itself(self) -> None:
+        """A write of one statement alone in its batch runs without BEGIN and
+        COMMIT (SQLite commits it by itself); refused, it leaves nothing and
+        the next write is unaffected; a full disk still fails it cleanly."""
+        store = self.make_store()
+        self.successResultOf(store.open())
+        statements: List[str] = []
+        connection = store._db.connection
+        connection.set_trace_callback(statements.append)
+        before = store.commits
+        self.successResultOf(store.create_job(job()))
+        self.assertEqual([s.split()[0] for s in statements], ["INSERT"])
+        self.assertEqual(store.commits, before + 1)
+        self.assertFalse(connection.in_transaction)
+        self.failureResultOf(store.create_job(job()), StoreError)  # the same ID again
+        self.assertEqual(store.commits, before + 1)
+        self.assertTrue(self.successResultOf(store.end_job("job-1", ResultReply(1), 5)))
+        self.assertEqual(self.successResultOf(store.get_job("job-1")).outcome, ResultReply(1))
+        (pages,) = connection.execute("PRAGMA page_count").fetchone()
+        connection.execute(f"PRAGMA max_page_count={pages}")
+        big = job("job-2", arguments=["x" * 20000])
+        self.assertIn("SQLITE_FULL", str(self.failureResultOf(store.create_job(big), StoreError).value))
+        self.assertIsNone(self.successResultOf(store.get_job("job-2")))
+        self.assertFalse(connection.in_transaction)
+        self.successResultOf(store.close())
