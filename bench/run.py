@@ -436,11 +436,17 @@ def summary(mode: str, params: Dict[str, Any], runs: List[Dict[str, Any]]) -> Di
     return out
 
 
+def _ms(latency: Optional[Dict[str, Any]], key: str) -> str:
+    """A latency percentile for the table; blank when no operation succeeded."""
+    value = (latency or {}).get(key)
+    return "" if value is None else f"{value:.2f}"
+
+
 def _short(result: Dict[str, Any]) -> str:
     parts = [f"{result.get('rate', 0):,.0f}/s"]
     lat = result.get("latency_ms")
-    if lat:
-        parts.append(f"p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms")
+    if lat and lat.get("p50") is not None:
+        parts.append(f"p50 {_ms(lat, 'p50')} ms p99 {_ms(lat, 'p99')} ms")
     parts.append(f"checked {result.get('checked')} errors {result.get('errors')}")
     return ", ".join(parts)
 
@@ -476,7 +482,7 @@ def table(results: List[Dict[str, Any]]) -> str:
             if over:
                 notes = (f"proxy overhead p50 {over['p50']:+.2f} ms,"
                          f" p99 {over['p99']:+.2f} ms")
-        rows.append((name, rate, f"{lat['p50']:.2f}" if lat else "", f"{lat['p99']:.2f}" if lat else "",
+        rows.append((name, rate, _ms(lat, "p50"), _ms(lat, "p99"),
                      cpu_text, str(r["checked"]), str(r["errors"]), notes))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []

@@ -84,3 +84,21 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertEqual([line.split()[0] for line in lines], ["create+end", "append", "one"])
         self.assertIn(" 200 jobs", lines[0])
         self.assertIn(" 300 packets", lines[1])
+
+
+class TableTests(SynchronousTestCase):
+    def test_measurement_where_every_reply_failed(self) -> None:
+        """A run whose every operation failed has no latency: the table still
+        prints (blank percentiles) so the suite can report the failure."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_run", RUN)
+        assert spec is not None and spec.loader is not None
+        run = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(run)
+        text = run.table([{
+            "mode": "calls", "concurrency": 1, "rate": 0.0, "checked": 0, "errors": 12,
+            "latency_ms": {"p50": None, "p90": None, "p99": None, "max": None, "mean": None},
+        }])
+        [row] = [line for line in text.splitlines() if line.startswith("calls C=1")]
+        self.assertEqual(row.split(), ["calls", "C=1", "0", "rt/s", "0", "12"])
