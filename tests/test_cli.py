@@ -332,6 +332,35 @@ class SubprocessTests(_CLITestCase):
         self.assertIn(b"interrupted", b"".join(output))
         await self.until(lambda: not self.dispatcher.connections)
 
+    async def test_output_closed_early(self) -> None:
+        """``txharp follow JOB | head``: once the reader has gone, the command
+        stops following and exits 141, without a traceback."""
+        job = await self.submit_in_process("stream_infinity")
+        ended: Deferred[Any] = Deferred()
+        errors: List[bytes] = []
+
+        class Collect(ProcessProtocol):
+            def connectionMade(self) -> None:
+                self.transport.closeChildFD(1)  # the reader of stdout is gone at once
+
+            def errReceived(self, data: bytes) -> None:
+                errors.append(data)
+
+            def processEnded(self, reason: Failure) -> None:
+                ended.callback(reason.value.exitCode)
+
+        environ = dict(os.environ, PYTHONPATH=_ROOT, TXHARP_DISPATCHER=f"127.0.0.1:{self.port}")
+        reactor.spawnProcess(Collect(), sys.executable, [sys.executable, "-m", "txharp.cli", "follow", job],
+                             env=environ, path=_ROOT)
+        self.assertEqual(await ended, cli.EXIT_BROKEN_PIPE)
+        self.assertEqual(b"".join(errors), b"")
+        await self.until(lambda: not self.dispatcher.connections)
+
+    async def submit_in_process(self, procedure: str) -> str:
+        code, out, _ = await self.txharp("call", "web01", procedure, "--no-wait")
+        self.assertEqual(code, cli.EXIT_OK)
+        return out.strip()
+
     async def until(self, condition: Callable[[], bool]) -> None:
         for _ in range(200):
             if condition():

@@ -56,6 +56,7 @@ EXIT_NOT_FINISHED = 6
 EXIT_COMMUNICATION = 7
 EXIT_NOT_CANCELLED = 8
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # as a process killed by SIGPIPE: what shells expect of `cmd | head`
 
 _EPILOG = f"""\
 exit status:
@@ -69,6 +70,8 @@ exit status:
   {EXIT_COMMUNICATION}    communication failure (connection, TLS, timeout, garbled reply)
   {EXIT_NOT_CANCELLED}    cancel: the job was not running (already ended, or unknown)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_BROKEN_PIPE}  standard output closed early (e.g. piped into head); a job
+       being followed keeps running
 
 arguments of procedures are JSON: 42, 1.5, true, null, '"text"', '[1, 2]',
 '{{"a": 1}}' (quote strings twice: once for JSON, once for the shell).
@@ -619,6 +622,14 @@ async def run(
     out = _Output(stdout, stderr, getattr(options, "json", False), reactor)
     command = _Command(reactor, options, out, environ, prompt)
     try:
+        return await _answer(command, options, out, stderr)
+    except BrokenPipeError:  # whoever read our output has gone: stop quietly
+        return EXIT_BROKEN_PIPE
+
+
+async def _answer(command: "_Command", options: Any, out: "_Output", stderr: TextIO) -> int:
+    """Run the command; turn the errors it may end with into exit statuses."""
+    try:
         handler: Callable[[], Awaitable[int]] = getattr(command, options.command)
         return await handler()
     except UsageError as e:
@@ -652,6 +663,10 @@ async def _react_main(reactor: Any, argv: Sequence[str]) -> NoReturn:
     except CancelledError:
         sys.stderr.write("txharp: interrupted (a submitted job keeps running)\n")
         code = EXIT_INTERRUPTED
+    if code == EXIT_BROKEN_PIPE:
+        # Python flushes stdout once more at exit; into the closed pipe
+        # that would print an "Exception ignored" message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise SystemExit(code)
 
 
