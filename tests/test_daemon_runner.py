@@ -255,7 +255,8 @@ class ProcessRunnerTests(TestCase):
         runner = self.make_runner(settings=ChildSettings(PROCEDURES_FILE, identities=identities))
         nobody = pwd.getpwnam("nobody")
         reply = yield self.call("identity_nobody", runner=runner)
-        self.assertEqual(reply, ResultReply({"uid": nobody.pw_uid, "gid": nobody.pw_gid}))
+        self.assertEqual(reply, ResultReply({"uid": nobody.pw_uid, "gid": nobody.pw_gid,
+                                             "env": [nobody.pw_dir, "nobody", "nobody"]}))
         reply = yield self.call("identity", runner=runner)
         self.assertEqual(reply.value["uid"], 0)
         unswitched = self.make_runner(

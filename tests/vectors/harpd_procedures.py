@@ -148,7 +148,8 @@ def identity():
 
 @procedure(uid="nobody")
 def identity_nobody():
-    return {"uid": os.getuid(), "gid": os.getgid()}
+    return {"uid": os.getuid(), "gid": os.getgid(),
+            "env": [os.environ.get(name) for name in ("HOME", "USER", "LOGNAME")]}
 
 
 @procedure

@@ -144,9 +144,17 @@ class _Channel:
 
 
 def _switch_identity(identity: Identity) -> None:
+    """Become ``identity``; HOME, USER and LOGNAME follow, as with ``su``."""
     os.setgroups(identity.groups)
     os.setgid(identity.gid)
     os.setuid(identity.uid)
+    import pwd  # only here: most calls switch no identity
+
+    try:
+        entry = pwd.getpwuid(identity.uid)
+    except KeyError:
+        return  # a uid without an account: nothing to say about it
+    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
 
 
 def _run(job: Job, channel: _Channel) -> None:
