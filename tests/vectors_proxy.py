@@ -8,30 +8,37 @@ harp-proxy's.
 """
 from __future__ import annotations
 
+from tests import vectors_dispatcher as D
+
 # Error lines the original dispatcher sent, byte for byte.
-UNKNOWN_JOB = b'{"error":{"type":"invalid_jobid","message":"no job with this ID"}}\n'
-NO_RESULT = b'{"no_result":true}\n'
-CANCELLED = b'{"cancelled":true}\n'
-NOT_CANCELLED = b'{"cancelled":false}\n'
-CONTINUE = b'{"continue":true}\n'
+UNKNOWN_JOB = D.INVALID_JOBID + b"\n"
+NO_RESULT = D.NO_RESULT + b"\n"
+CANCELLED = D.CANCELLED + b"\n"
+NOT_CANCELLED = D.NOT_CANCELLED + b"\n"
+CONTINUE = D.CONTINUE + b"\n"
+
+
+def _client(call: str) -> bytes:
+    """The line the original client library sent for ``call`` ("J": a job ID)."""
+    return D.CLIENT_REQUESTS[call] + b"\n"
+
 
 # Requests of the original client library (harp 0.5.0), with "J" to be
 # replaced by a job ID.
-CLIENT_CALL_POSITIONAL = b'{"harpcaller": 1, "host": "h1", "procedure": "echo", "arguments": [1, 2], "info": null}\n'
-CLIENT_CALL_NAMED = b'{"harpcaller": 1, "host": "h1", "procedure": "add", "arguments": {"a": 1, "b": 2}, "info": null}\n'
-CLIENT_CALL_QUEUED = (
-    b'{"harpcaller": 1, "host": "h1", "procedure": "echo", "arguments": [1], "queue": '
-    b'{"name": {"q": 1}, "concurrency": 2}, "timeout": 5, "max_exec_time": 9, "info": {"x": 1}}\n'
+CLIENT_CALL_POSITIONAL = _client("rpc.host('h1').echo(1, 2)")
+CLIENT_CALL_NAMED = _client("rpc.h1.add(a=1, b=2)")
+CLIENT_CALL_QUEUED = _client(
+    "rpc.host('h1', queue={'q': 1}, concurrency=2, timeout=5, max_exec_time=9, info={'x': 1}).echo(1)"
 )
-CLIENT_GET_WAIT = b'{"harpcaller": 1, "get_result": "J", "wait": true}\n'
-CLIENT_GET_NOWAIT = b'{"harpcaller": 1, "get_result": "J", "wait": false}\n'
-CLIENT_CANCEL = b'{"harpcaller": 1, "cancel": "J"}\n'
-CLIENT_STATUS = b'{"harpcaller": 1, "get_status": "J"}\n'
-CLIENT_FOLLOW = b'{"harpcaller": 1, "follow_stream": "J"}\n'
-CLIENT_FOLLOW_SINCE = b'{"harpcaller": 1, "follow_stream": "J", "since": 3}\n'
-CLIENT_FOLLOW_RECENT = b'{"harpcaller": 1, "follow_stream": "J", "recent": 2}\n'
-CLIENT_READ = b'{"harpcaller": 1, "read_stream": "J"}\n'
-CLIENT_READ_SINCE = b'{"harpcaller": 1, "read_stream": "J", "since": 1}\n'
+CLIENT_GET_WAIT = _client("job.get()")
+CLIENT_GET_NOWAIT = _client("job.result()")
+CLIENT_CANCEL = _client("job.cancel()")
+CLIENT_STATUS = _client("job.host()")
+CLIENT_FOLLOW = _client("job.follow()")
+CLIENT_FOLLOW_SINCE = _client("job.follow(since=3)")
+CLIENT_FOLLOW_RECENT = _client("job.follow(recent=2)")
+CLIENT_READ = _client("job.stream()")
+CLIENT_READ_SINCE = _client("job.stream(since=1)")
 
 # Malformed requests the original dropped silently, and harp-proxy's answer.
 MALFORMED = [
