@@ -67,7 +67,11 @@ def _verify_hash(password: str, stored: str) -> bool:
 
 
 def _verify_plain(password: str, stored: str) -> bool:
-    return hmac.compare_digest(password.encode("utf-8"), stored.encode("utf-8"))
+    # JSON can carry lone surrogates ("\ud800"), which UTF-8 cannot: such a
+    # password is compared like any other instead of raising.
+    return hmac.compare_digest(
+        password.encode("utf-8", "surrogatepass"), stored.encode("utf-8", "surrogatepass")
+    )
 
 
 class PasswordDatabase:
