@@ -9,8 +9,11 @@ import tempfile
 import types
 from typing import Any, Callable, Dict, List, Optional
 
+from OpenSSL import SSL
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.task import deferLater
+from zope.interface import implementer
 
 from tests.capture import Exchange, load_exchanges
 from txharp.daemon.procedures import ProcedureRegistry, Result, procedure, streaming_procedure
@@ -24,6 +27,8 @@ __all__ = [
     "wait_until",
     "read_pid",
     "temp_path",
+    "tls10_only_context",
+    "Tls10OnlyServer",
 ]
 
 #: The original-style procedures module of the end-to-end tests.
@@ -106,3 +111,26 @@ def temp_path(case: Any) -> str:
     directory = tempfile.mkdtemp(prefix="txharp-test-daemon-")
     case.addCleanup(shutil.rmtree, directory, True)
     return os.path.join(directory, "path")
+
+
+def tls10_only_context(method: int) -> SSL.Context:
+    """A context that speaks TLS 1.0 and nothing newer, with the legacy
+    suites it needs, like the shipped harpd."""
+    context = SSL.Context(method)
+    context.set_min_proto_version(SSL.TLS1_VERSION)
+    context.set_max_proto_version(SSL.TLS1_VERSION)
+    context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    return context
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class Tls10OnlyServer:
+    """Server TLS like the shipped harpd's: TLS 1.0 only (for server endpoints)."""
+
+    def __init__(self, chain_file: str, key_file: str) -> None:
+        self.context = tls10_only_context(SSL.TLS_SERVER_METHOD)
+        self.context.use_certificate_chain_file(chain_file)
+        self.context.use_privatekey_file(key_file)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)

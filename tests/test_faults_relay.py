@@ -22,17 +22,15 @@ import os
 import socket
 from typing import Any, Dict, List, Optional, Tuple
 
-from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
+from tests.daemon_support import Tls10OnlyServer
 from txharp.caller import HarpCaller
 from txharp.errors import RemoteError
 from txharp.lines import JSONLinesProtocol
@@ -183,23 +181,6 @@ class Garbage(Protocol):
         self.transport.loseConnection()
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class LegacyOnlyTLS:
-    """A server that speaks TLS 1.0/1.1 only, like the shipped harpd."""
-
-    def __init__(self, chain: str, key: str) -> None:
-        context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        context.set_min_proto_version(SSL.TLS1_VERSION)
-        context.set_max_proto_version(SSL.TLS1_1_VERSION)
-        context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-        context.use_certificate_chain_file(chain)
-        context.use_privatekey_file(key)
-        self.context = context
-
-    def serverConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -261,7 +242,7 @@ class Daemons:
             "rogue": await tls(server_tls_options(rogue.chain_file, rogue.key_file)),
             "mismatch": await tls(server_tls_options(*files["other"])),
             "expired": await tls(server_tls_options(*files["expired"])),
-            "legacy": await tls(LegacyOnlyTLS(pki.chain_file, pki.key_file)),
+            "legacy": await tls(Tls10OnlyServer(pki.chain_file, pki.key_file)),
             "plain": plain.getHost().port,
             "silent": silent.getHost().port,
             "down": free_port(),

@@ -16,14 +16,14 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
-from zope.interface import implementer
 
+from tests.daemon_support import Tls10OnlyServer, tls10_only_context
 from txharp.errors import CommunicationError, HarpTimeout, RemoteError, TLSError
 from txharp.lines import JSONLinesProtocol
 from txharp.server import HarpServer, Result
@@ -146,30 +146,10 @@ class FakeDaemon(Factory):
         return FakeHarpd(self)
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class _Tls10Only:
-    """Server TLS like the shipped harpd: TLS 1.0 and nothing newer, legacy suites."""
-
-    def __init__(self, chain_file: str, key_file: str) -> None:
-        self.context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        self.context.set_min_proto_version(SSL.TLS1_VERSION)
-        self.context.set_max_proto_version(SSL.TLS1_VERSION)
-        self.context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-        self.context.use_certificate_chain_file(chain_file)
-        self.context.use_privatekey_file(key_file)
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
-
-
-def _tls10_unavailable(server: _Tls10Only) -> Optional[str]:
+def _tls10_unavailable(server: Tls10OnlyServer) -> Optional[str]:
     """Why this OpenSSL cannot complete a TLS 1.0 handshake at all (in memory),
     or None when it can."""
-    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    client_context.set_min_proto_version(SSL.TLS1_VERSION)
-    client_context.set_max_proto_version(SSL.TLS1_VERSION)
-    client_context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-    client = SSL.Connection(client_context, None)
+    client = SSL.Connection(tls10_only_context(SSL.TLS_CLIENT_METHOD), None)
     client.set_connect_state()
     peer = SSL.Connection(server.context, None)
     peer.set_accept_state()
@@ -346,7 +326,7 @@ class LoopbackTests(TestCase):
     def test_tls10_daemon(self) -> Any:
         """The shipped harpd speaks TLS 1.0 only: refused by default, reached with the opt-in."""
         legacy = pki("rsa", key_type="rsa")
-        server = _Tls10Only(legacy.chain_file, legacy.key_file)
+        server = Tls10OnlyServer(legacy.chain_file, legacy.key_file)
         reason = _tls10_unavailable(server)
         if reason is not None:
             raise SkipTest(reason)

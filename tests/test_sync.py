@@ -553,6 +553,31 @@ class HarpServerTests(_FakesTestCase):
         await self.in_thread(body)
 
 
+class LegacyTLSTests(TestCase):
+    """end-to-end over loopback: the synchronous clients and a TLS 1.0-only harpd."""
+
+    async def test_tls_1_0_only_by_opt_in(self) -> None:
+        from tests.daemon_support import Tls10OnlyServer
+
+        legacy = FakeHarpd()
+        port = await legacy.start(Tls10OnlyServer(legacy.pki.chain_file, legacy.pki.key_file))
+        self.addCleanup(lambda: Deferred.fromCoroutine(legacy.stop()))
+        request = {"harp": 1, "procedure": "echo", "arguments": ["x"], "auth": {"user": USER, "password": PASSWORD}}
+
+        def body() -> None:
+            with self.assertRaises(txharp.errors.TLSError):
+                harp.JSONSSLConnection("localhost", port, legacy.pki.ca_file)
+            with harp.JSONSSLConnection("localhost", port, legacy.pki.ca_file, tls_minimum="1.0") as conn:
+                conn.send(request)
+                self.assertEqual(conn.receive(), {"harp": 1, "stream_result": False})
+                self.assertEqual(conn.receive(), {"result": ["x"]})
+            server = harp.HarpServer("localhost", USER, PASSWORD, port, ca_file=legacy.pki.ca_file,
+                                     tls_minimum="1.0")
+            self.assertEqual(server.echo(1, [2]), [1, [2]])
+
+        await threads.deferToThread(body)
+
+
 class RealSystemTests(TestCase):
     """end-to-end over loopback: the seed's examples through a real ``twistd harp-proxy``
     and ``twistd harpd`` (txharp.demo.LoopbackSystem, started for each test)."""

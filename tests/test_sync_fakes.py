@@ -280,8 +280,10 @@ class FakeHarpd:
         self.pki = TestPKI(self.directory)
         self.port: Any = None
 
-    async def start(self) -> int:
-        tls = server_tls_options(self.pki.chain_file, self.pki.key_file)
+    async def start(self, tls: Any = None) -> int:
+        """Listen on 127.0.0.1 (TLS per ``tls``, txharp's server defaults if None); return the port."""
+        if tls is None:
+            tls = server_tls_options(self.pki.chain_file, self.pki.key_file)
         factory = Factory.forProtocol(lambda: _HarpdConnection(self))
         self.port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(factory)
         return self.port.getHost().port

@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from tests.daemon_support import tls10_only_context
 from txharp import tls
 from txharp.errors import TLSError
 from txharp.testing import (
@@ -110,15 +111,6 @@ class _RawContext:
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self.context, None)
-
-
-def _tls10_only(method: int) -> SSL.Context:
-    """A context that speaks TLS 1.0 and nothing newer, like the old harpd."""
-    context = SSL.Context(method)
-    context.set_min_proto_version(SSL.TLS1_VERSION)
-    context.set_max_proto_version(SSL.TLS1_VERSION)
-    context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-    return context
 
 
 _fixtures: Optional[dict] = None
@@ -365,7 +357,7 @@ class TLSLoopbackTests(TestCase):
     def test_legacy_server_accepts_tls10_client(self):
         client = yield self._talk(
             server_tls_options(self.rsa.chain_file, self.rsa.key_file, minimum_version="1.0"),
-            _RawContext(_tls10_only(SSL.TLS_CLIENT_METHOD)),
+            _RawContext(tls10_only_context(SSL.TLS_CLIENT_METHOD)),
         )
         self.assertEqual(client.line, b"hello over TLS")
         self.assertEqual(client.tls_version, "TLSv1")
@@ -373,13 +365,13 @@ class TLSLoopbackTests(TestCase):
     def test_default_server_refuses_tls10_client(self):
         return self.assertRejected(
             server_tls_options(self.rsa.chain_file, self.rsa.key_file),
-            _RawContext(_tls10_only(SSL.TLS_CLIENT_METHOD)),
+            _RawContext(tls10_only_context(SSL.TLS_CLIENT_METHOD)),
             "localhost",
             "TLS handshake with 'localhost' failed",
         )
 
     def _tls10_server_context(self) -> SSL.Context:
-        context = _tls10_only(SSL.TLS_SERVER_METHOD)
+        context = tls10_only_context(SSL.TLS_SERVER_METHOD)
         context.use_certificate_chain_file(self.rsa.chain_file)
         context.use_privatekey_file(self.rsa.key_file)
         return context
