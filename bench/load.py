@@ -55,7 +55,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -67,8 +66,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, HERE):  # this checkout's txharp; bench/servers.py
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
@@ -79,6 +79,8 @@ from twisted.internet.task import deferLater  # noqa: E402
 from txharp.caller import CALL_CANCELLED, HarpCaller  # noqa: E402
 from txharp.errors import HarpException, RemoteError, RemoteException  # noqa: E402
 from txharp.testing.certs import TestPKI  # noqa: E402
+
+from servers import child_env, free_port  # noqa: E402
 
 __all__ = ["LoadConfig", "LoadReport", "FULL", "CI", "run_load", "main"]
 
@@ -260,16 +262,6 @@ def expected_packet(job: int, number: int, size: int) -> Dict[str, Any]:
 
 
 # -------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env() -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
 
 
 TWISTD = "from twisted.scripts.twistd import run; run()"

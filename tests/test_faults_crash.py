@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,11 +34,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.loopback import free_port, raw_request
 from tests.test_faults_relay import Daemons, sleep
 from txharp.caller import HarpCaller
 from txharp.errors import CommunicationError
@@ -50,43 +49,11 @@ JOBS_PER_ROUND = 24
 MISSING = b'{"error":{"type":"missing_result","message":"job interrupted abruptly"}}\n'
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Collect(Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.done.callback(self.data)
-
-
-async def raw(port: int, request: Dict[str, Any]) -> bytes:
-    """One request, every byte of the answer until the proxy closes."""
-    protocol = _Collect(json.dumps(request).encode() + b"\n")
-    try:
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), protocol)
-    except ConnectError as e:
-        raise CommunicationError(f"cannot connect: {e}") from None
-    return await protocol.done.addTimeout(20, reactor)
-
-
 async def answers(port: int, job_id: str) -> List[bytes]:
     out = [
-        await raw(port, {"harpcaller": 1, "get_result": job_id, "wait": False}),
-        await raw(port, {"harpcaller": 1, "get_status": job_id}),
-        await raw(port, {"harpcaller": 1, "read_stream": job_id}),
+        await raw_request(port, {"harpcaller": 1, "get_result": job_id, "wait": False}),
+        await raw_request(port, {"harpcaller": 1, "get_status": job_id}),
+        await raw_request(port, {"harpcaller": 1, "read_stream": job_id}),
     ]
     for answer in out:
         if not answer.endswith(b"\n"):

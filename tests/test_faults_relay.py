@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import reactor
@@ -30,6 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.loopback import free_port
 from tests.daemon_support import Tls10OnlyServer
 from txharp.caller import HarpCaller
 from txharp.errors import RemoteError
@@ -179,12 +179,6 @@ class Garbage(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(b"HTTP/1.0 400 Bad Request\r\n\r\n")
         self.transport.loseConnection()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Follower(Protocol):

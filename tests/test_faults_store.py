@@ -20,6 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import strategies as S
+from tests.test_fuzz_servers import KeepRunningRelay
 from txharp.proxy.jobs import END_RETRY_MAX, JobManager, Limits
 from txharp.proxy.protocol import DispatcherFactory
 from txharp.proxy.store import SQLiteJobStore, StoreError
@@ -50,21 +51,6 @@ class FailingStore:
             return attribute(*args)
 
         return write
-
-
-class Relay:
-    def __init__(self) -> None:
-        self.jobs: List[Any] = []
-
-    def run(self, job: Any) -> Any:
-        self.jobs.append(job)
-        return self
-
-    def release(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 class StoreFaultTests(SynchronousTestCase):
@@ -102,7 +88,7 @@ class StoreFaultTests(SynchronousTestCase):
         sqlite = SQLiteJobStore(":memory:", threaded=False)
         self.successResultOf(sqlite.open())
         store = FailingStore(sqlite, failing)
-        relay = Relay()
+        relay = KeepRunningRelay()
         manager = JobManager(store, relay, clock, Limits(60, 60), cache_packets=2, cache_bytes=100)
         factory = DispatcherFactory(manager, clock)
         accepted: List[str] = []

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.loopback import RawClient, free_port, raw_request
 from txharp.caller import CALL_NOT_FINISHED, HarpCaller
 from txharp.errors import CancelledException, RemoteError, RemoteException
 from txharp.lines import JSONLinesProtocol
@@ -130,38 +130,6 @@ class FakeHarpdServer(Factory):
 
     def buildProtocol(self, addr: Any) -> FakeHarpd:
         return FakeHarpd(self)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Collect(Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.received = 0
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        self.data += data
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.done.callback(self.data)
-
-
-async def raw_request(port: int, request: Any) -> bytes:
-    """Send one request line, return every byte received until the proxy closes."""
-    line = request if isinstance(request, bytes) else json.dumps(request).encode() + b"\n"
-    protocol = _Collect(line)
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
-    return await protocol.done
 
 
 async def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
@@ -335,7 +303,7 @@ class LoopbackTests(TestCase):
     async def test_slow_follower_catches_up_from_store(self) -> None:
         """A follower that stops reading holds up neither the job nor itself for good."""
         job = await self.rpc.h1.blobs(2000, 4000)
-        slow = _Collect(json.dumps({"harpcaller": 1, "follow_stream": job.id(), "since": 0}).encode() + b"\n")
+        slow = RawClient(json.dumps({"harpcaller": 1, "follow_stream": job.id(), "since": 0}).encode() + b"\n")
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), slow)
         slow.transport.pauseProducing()
         self.assertEqual(await job.get(), "done")
