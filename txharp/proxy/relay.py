@@ -292,7 +292,7 @@ class HarpdRelay:
         return wrapClientTLS(self._tls.creator_for(entry.address), tcp)
 
     def run(self, job: Job) -> RunningCall:
-        """Start relaying ``job``; its end reaches :meth:`Job.finish`."""
+        """Dial ``job``'s daemon now; its call goes on ``release()``, its end to :meth:`Job.finish`."""
         name = job.call.host
         entry = self._hosts.lookup(name)
         if entry is None:
@@ -305,6 +305,7 @@ class HarpdRelay:
             job.finish(ErrorReply("bad_address", "invalid host address or port number",
                                   {"host": name, "reason": str(e)}))
             return _NothingRunning()
+
         def open_exchange(call: _Call, request: Optional[DaemonRequest]) -> Exchange[DaemonReply]:
             return Exchange(
                 endpoint,
