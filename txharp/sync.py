@@ -774,17 +774,8 @@ class RemoteCall:
         Each item waits at most ``timeout`` (default: the caller's
         ``wait_timeout``).
         """
-        bound = self._bound(True, timeout)
-        stream = _block(
-            self.dispatcher._timeout,
-            f"following job {self.job_id}",
-            self._call.follow,
-            since,
-            recent,
-            numbered,
-            timeout=bound,
-        )
-        return RemoteCall.StreamIterator(stream, bound, f"following job {self.job_id}")
+        return self._packets(self._call.follow, True, f"following job {self.job_id}",
+                             since, recent, numbered, timeout)
 
     def stream(
         self,
@@ -797,17 +788,24 @@ class RemoteCall:
         """Iterate over the packets recorded so far (default: all), without
         waiting for the job.  Each item waits at most ``timeout`` (default:
         the caller's ``timeout``)."""
-        bound = self._bound(False, timeout)
-        stream = _block(
-            self.dispatcher._timeout,
-            f"reading the stream of job {self.job_id}",
-            self._call.stream,
-            since,
-            recent,
-            numbered,
-            timeout=timeout,
-        )
-        return RemoteCall.StreamIterator(stream, bound, f"reading the stream of job {self.job_id}")
+        return self._packets(self._call.stream, False, f"reading the stream of job {self.job_id}",
+                             since, recent, numbered, timeout)
+
+    def _packets(
+        self,
+        open_stream: Callable[..., Any],
+        wait: bool,
+        what: str,
+        since: Optional[int],
+        recent: Optional[int],
+        numbered: bool,
+        timeout: Optional[float],
+    ) -> "RemoteCall.StreamIterator":
+        """Open a stream (``follow`` or ``stream`` of the Deferred job) and
+        iterate over it, each item bounded as ``wait`` says."""
+        bound = self._bound(wait, timeout)
+        stream = _block(self.dispatcher._timeout, what, open_stream, since, recent, numbered, timeout=bound)
+        return RemoteCall.StreamIterator(stream, bound, what)
 
 
 # ------------------------------------------------------------------ harpd
