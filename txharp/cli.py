@@ -258,6 +258,11 @@ def _call_arguments(options: argparse.Namespace) -> Union[List[Any], Dict[str, A
     return dict(options.kw) if options.kw else list(options.arguments)
 
 
+def _invoke(procedure: Callable[..., Any], arguments: Union[List[Any], Dict[str, Any]]) -> Any:
+    """Call ``procedure`` with named (a dict) or positional (a list) arguments."""
+    return procedure(**arguments) if isinstance(arguments, dict) else procedure(*arguments)
+
+
 def _stream_position(options: argparse.Namespace) -> Dict[str, Optional[int]]:
     if options.since is None and options.recent is None:
         return {"since": 0}
@@ -455,8 +460,7 @@ class _Command:
             max_exec_time=options.max_exec_time,
             info=options.info,
         )
-        procedure = server[options.procedure]
-        job = await (procedure(**arguments) if isinstance(arguments, dict) else procedure(*arguments))
+        job = await _invoke(server[options.procedure], arguments)
         if options.no_wait:
             self.out.job(job.id(), alone=True)
             return EXIT_OK
@@ -565,8 +569,7 @@ class _Command:
             raise UsageError(str(e)) from None
         if options.ca_file is None and not options.pin:
             self.out.note("warning: harpd's certificate is not verified (no --ca-file or --pin)")
-        procedure = server[options.procedure]
-        outcome = await (procedure(**arguments) if isinstance(arguments, dict) else procedure(*arguments))
+        outcome = await _invoke(server[options.procedure], arguments)
         if not isinstance(outcome, MessageStream):
             return self.out.end(outcome)
         final: List[Any] = []
