@@ -13,12 +13,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 import txharp
 from txharp import cli
 from txharp.testing.certs import TestPKI
-from tests.test_sync_fakes import PASSWORD, USER, FakeDispatcher, FakeHarpd
+from tests.test_sync_fakes import PASSWORD, USER, FakesTestCase
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,16 +30,8 @@ class _Terminal(io.StringIO):
         return True
 
 
-class _CLITestCase(TestCase):
+class _CLITestCase(FakesTestCase):
     """Runs ``txharp`` in-process against a fake dispatcher and a fake harpd."""
-
-    async def setUp(self) -> None:
-        self.dispatcher = FakeDispatcher()
-        self.port = await self.dispatcher.start()
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.dispatcher.stop()))
-        self.harpd = FakeHarpd()
-        self.harpd_port = await self.harpd.start()
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.harpd.stop()))
 
     async def txharp(
         self,

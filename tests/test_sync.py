@@ -27,7 +27,7 @@ from txharp import caller
 from txharp.demo import LoopbackSystem
 from txharp.server import Result
 from txharp.testing.certs import TestPKI
-from tests.test_sync_fakes import PASSWORD, USER, FakeDispatcher, FakeHarpd
+from tests.test_sync_fakes import PASSWORD, USER, FakeHarpd, FakesTestCase
 
 #: The seed's synopsis (doc/manpages/client.rst), Python 3 prints; run as is.
 SYNOPSIS_CALLER = """
@@ -154,16 +154,8 @@ def run_example(source: str, **names: Any) -> List[str]:
     return printed
 
 
-class _FakesTestCase(TestCase):
+class _FakesTestCase(FakesTestCase):
     """Starts a fake dispatcher and a fake harpd for each test."""
-
-    async def setUp(self) -> None:
-        self.dispatcher = FakeDispatcher()
-        self.port = await self.dispatcher.start()
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.dispatcher.stop()))
-        self.harpd = FakeHarpd()
-        self.harpd_port = await self.harpd.start()
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.harpd.stop()))
 
     def rpc(self, **options: Any) -> harp.HarpCaller:
         return harp.HarpCaller("127.0.0.1", self.port, **options)

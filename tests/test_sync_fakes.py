@@ -15,7 +15,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
+from twisted.trial.unittest import TestCase
 
 from txharp.lines import JSONLinesProtocol
 from txharp.testing.certs import TestPKI
@@ -295,3 +297,15 @@ class FakeHarpd:
         for name in os.listdir(self.directory):
             os.unlink(os.path.join(self.directory, name))
         os.rmdir(self.directory)
+
+
+class FakesTestCase(TestCase):
+    """Starts a fake dispatcher and a fake harpd (TLS) on 127.0.0.1 for each test."""
+
+    async def setUp(self) -> None:
+        self.dispatcher = FakeDispatcher()
+        self.port = await self.dispatcher.start()
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.dispatcher.stop()))
+        self.harpd = FakeHarpd()
+        self.harpd_port = await self.harpd.start()
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.harpd.stop()))
