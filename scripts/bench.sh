@@ -14,14 +14,10 @@
 # extra (py-spy for --profile, matplotlib for --plot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${TXHARP_VENV:-.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-fi
+. scripts/venv.sh
 if [ -n "${TXHARP_BENCH_EXTRAS:-}" ]; then
-    "$venv/bin/python" -m pip install --quiet ".[bench]"
+    install_txharp ".[bench]"
 else
-    "$venv/bin/python" -m pip install --quiet .
+    install_txharp .
 fi
 exec "$venv/bin/python" bench/run.py "$@"

@@ -6,10 +6,6 @@
 # temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${TXHARP_VENV:-.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-fi
-"$venv/bin/python" -m pip install --quiet .
+. scripts/venv.sh
+install_txharp .
 exec "$venv/bin/python" -m txharp.demo "$@"
