@@ -51,6 +51,10 @@ class JobQueue:
     def empty(self) -> bool:
         return not self.waiting and not self.running
 
+    @property
+    def has_free_slot(self) -> bool:
+        return len(self.running) < self.concurrency
+
 
 class QueueRegistry:
     """Every live queue, keyed by the canonical text of its name."""
@@ -79,7 +83,7 @@ class QueueRegistry:
         if spec is None:
             return True
         queue = self._queues.get(queue_key(spec.name))
-        return queue is None or (not queue.waiting and len(queue.running) < queue.concurrency)
+        return queue is None or (not queue.waiting and queue.has_free_slot)
 
     def leave(self, member: QueueMember) -> None:
         """``member`` ended: free its slot or its place in line."""
@@ -112,7 +116,7 @@ class QueueRegistry:
             return
         self._pumping.add(key)
         try:
-            while queue.waiting and len(queue.running) < queue.concurrency:
+            while queue.waiting and queue.has_free_slot:
                 member = queue.waiting.popleft()
                 queue.running.add(member)
                 member.begin()
