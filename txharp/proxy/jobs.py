@@ -412,9 +412,7 @@ class Job:
         line = packet_line(number, encoded)
         write = self._manager.store.append_packet(self.job_id, number, encoded)
         self._pipeline.add(write, lambda failure: self._packets_written(failure, number, [line]))
-        if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
-            self._reading_paused = True
-            self._run.pauseReading()
+        self._pause_if_behind()
 
     def stream_many(self, datas: Sequence[Any]) -> None:
         """Packets that arrived from the daemon together: as :meth:`stream` for
@@ -442,6 +440,10 @@ class Job:
         self._pipeline.add(
             write, lambda failure: self._packets_written(failure, first, lines), len(datas)
         )
+        self._pause_if_behind()
+
+    def _pause_if_behind(self) -> None:
+        """Flow control: stop reading from the daemon while too many packets await their commit."""
         if len(self._pipeline) >= PENDING_HIGH and not self._reading_paused and self._run is not None:
             self._reading_paused = True
             self._run.pauseReading()
